@@ -1,0 +1,405 @@
+"""Configuration of the ``filter_pruning`` algorithm, with NNCF 2.19 key names and defaults.
+
+A :class:`PruningConfig` is the algorithm dict of an NNCF ``compression`` section::
+
+    {"algorithm": "filter_pruning", "pruning_init": 0.1,
+     "params": {"schedule": "exponential", "pruning_target": 0.4, "pruning_steps": 15}}
+
+It reads that dict bare, inside a full NNCF config, or from a JSON/YAML file, and
+reports every invalid value at once as a :class:`PruningConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+__all__ = ["PruningConfig", "PruningParams", "LegrParams", "PruningConfigError"]
+
+ALGORITHM_NAME = "filter_pruning"
+DEFAULT_PRUNING_TARGET = 0.5
+"""Filter pruning rate NNCF uses when neither target is set."""
+CONFIG_NAME = "pruning_config.json"
+"""File name used by :meth:`PruningConfig.save_pretrained` / :meth:`PruningConfig.from_pretrained`."""
+
+
+class PruningConfigError(ValueError):
+    """An invalid pruning configuration.
+
+    ``errors`` holds one ``(dotted key path, problem)`` pair per problem; the message
+    lists them one per line as ``<path>: <problem>``.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]], source: str | os.PathLike[str] | None = None) -> None:
+        self.errors = errors
+        self.source = source
+        where = f" in {os.fspath(source)}" if source is not None else ""
+        lines = (f"  {path}: {problem}" if path else f"  {problem}" for path, problem in errors)
+        super().__init__(f"invalid pruning config{where}:\n" + "\n".join(lines))
+
+    def with_prefix(self, prefix: str, source: str | os.PathLike[str] | None = None) -> PruningConfigError:
+        """The same errors with ``prefix`` prepended to every key path."""
+        return PruningConfigError([(_join(prefix, path), problem) for path, problem in self.errors], source)
+
+
+class _Section(BaseModel):
+    """Base of all config sections: unknown keys and loose types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LegrParams(_Section):
+    """Parameters of the LeGR ``learned_ranking`` search (NNCF ``params.legr_params``)."""
+
+    generations: int = Field(400, ge=1, description="Generations of the evolution algorithm.")
+    train_steps: int = Field(200, ge=1, description="Fine-tuning steps used to evaluate each candidate.")
+    max_pruning: float = Field(0.8, gt=0, lt=1, description="Maximal filter pruning rate of the search.")
+    random_seed: int = Field(42, description="Seed of the evolution algorithm.")
+    population_size: int = Field(64, ge=1, description="Candidates kept per generation.")
+    num_samples: int = Field(16, ge=1, description="Candidates sampled per generation.")
+    mutate_percent: float = Field(0.1, gt=0, le=1, description="Fraction of coefficients mutated.")
+    scale_sigma: float = Field(1.0, gt=0, description="Standard deviation of the scale mutation.")
+
+
+class PruningParams(_Section):
+    """NNCF ``filter_pruning`` ``params``, plus two hf_prune extensions.
+
+    The hf_prune extensions, unknown to NNCF, are ``channel_multiple`` and
+    ``regularization_weight``.
+    """
+
+    schedule: Literal["exponential", "exponential_with_bias", "baseline"] = Field(
+        "exponential", description="How the pruning rate grows from pruning_init to the target."
+    )
+    pruning_target: float | None = Field(
+        None, ge=0, lt=1, description="Target fraction of filters to prune (0.5 when no target is set)."
+    )
+    pruning_flops_target: float | None = Field(
+        None, ge=0, lt=1, description="Target fraction of FLOPs to remove; excludes pruning_target."
+    )
+    num_init_steps: int = Field(0, ge=0, description="Epochs before pruning starts.")
+    pruning_steps: int = Field(100, ge=1, description="Epochs over which the rate reaches the target.")
+    filter_importance: Literal["L2", "L1", "geometric_median"] = Field(
+        "L2", description="Criterion ranking filters within a layer."
+    )
+    interlayer_ranking_type: Literal["unweighted_ranking", "learned_ranking"] = Field(
+        "unweighted_ranking", description="How filters of different layers are compared."
+    )
+    all_weights: bool = Field(False, description="Rank filters across all layers instead of per layer.")
+    prune_first_conv: bool = Field(False, description="Also prune the first convolution.")
+    prune_downsample_convs: bool = Field(False, description="Also prune convolutions that downsample.")
+    prune_batch_norms: bool = Field(True, description="Prune batch norms following pruned convolutions.")
+    legr_params: LegrParams = Field(default_factory=LegrParams, description="LeGR search parameters.")
+    save_ranking_coeffs_path: str | None = Field(None, description="Where to save learned ranking coefficients.")
+    load_ranking_coeffs_path: str | None = Field(None, description="Where to load ranking coefficients from.")
+    channel_multiple: int = Field(
+        8, ge=1, description="hf_prune extension: kept channels are rounded to this multiple where the layer is large enough."
+    )
+    regularization_weight: float = Field(
+        0.0, ge=0, description="hf_prune extension: weight of the optional group-sparsity loss (0 disables it)."
+    )
+
+    @model_validator(mode="after")
+    def _single_target(self) -> PruningParams:
+        if self.pruning_target is not None and self.pruning_flops_target is not None:
+            raise PydanticCustomError(
+                "conflicting_targets",
+                "set either 'pruning_target' or 'pruning_flops_target', not both",
+                {"got": f"{self.pruning_target!r} and {self.pruning_flops_target!r}"},
+            )
+        return self
+
+
+class BatchnormAdaptationConfig(_Section):
+    """NNCF ``initializer.batchnorm_adaptation``."""
+
+    num_bn_adaptation_samples: int = Field(2000, ge=0, description="Samples used to re-estimate BN statistics.")
+
+
+class InitializerConfig(_Section):
+    """NNCF ``initializer`` of the pruning algorithm."""
+
+    batchnorm_adaptation: BatchnormAdaptationConfig = Field(default_factory=BatchnormAdaptationConfig)
+
+
+class PruningConfig(_Section):
+    """The NNCF ``filter_pruning`` algorithm config.
+
+    Any :class:`PruningParams` key may also be given at top level
+    (``PruningConfig(pruning_target=0.4)``); it is moved into ``params``.
+    Invalid values raise :class:`PruningConfigError`.
+    """
+
+    algorithm: Literal["filter_pruning"] = ALGORITHM_NAME
+    pruning_init: float = Field(0.0, ge=0, lt=1, description="Pruning rate applied at the start.")
+    initializer: InitializerConfig = Field(default_factory=InitializerConfig)
+    params: PruningParams = Field(default_factory=PruningParams)
+    ignored_scopes: list[str] = Field(default_factory=list, description="Layers never pruned (NNCF scope patterns).")
+    target_scopes: list[str] = Field(default_factory=list, description="If set, only these layers are pruned.")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            errors = [_describe(error) for error in exc.errors(include_url=False)]
+            raise PruningConfigError(list(dict.fromkeys(errors))) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_params(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        flat = {key: data.pop(key) for key in PruningParams.model_fields if key in data}
+        if not flat:
+            return data
+        params = data.get("params", {})
+        if isinstance(params, PruningParams):
+            params = params.model_dump(exclude_unset=True)
+        if not isinstance(params, Mapping):
+            return data
+        if duplicates := sorted(flat.keys() & params.keys()):
+            key = duplicates[0]
+            raise PydanticCustomError(
+                "duplicate_key",
+                "given both at top level and inside 'params'",
+                {"key": key, "got": f"{flat[key]!r} and {params[key]!r}"},
+            )
+        data["params"] = {**params, **flat}
+        return data
+
+    @field_validator("ignored_scopes", "target_scopes", mode="before")
+    @classmethod
+    def _scope_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def prune_flops(self) -> bool:
+        """Whether the target is a FLOPs reduction rather than a filter rate."""
+        return self.params.pruning_flops_target is not None
+
+    @property
+    def target(self) -> float:
+        """The effective target: FLOPs target if set, else filter target, else 0.5."""
+        if self.params.pruning_flops_target is not None:
+            return self.params.pruning_flops_target
+        if self.params.pruning_target is not None:
+            return self.params.pruning_target
+        return DEFAULT_PRUNING_TARGET
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningConfig:
+        """Build from a bare algorithm dict or a full NNCF config with a ``compression`` section.
+
+        In the full form, the ``filter_pruning`` entry of ``compression`` (one dict or a
+        list of them) is used and every other top-level key is ignored.
+        """
+        if not isinstance(data, Mapping):
+            raise PruningConfigError([("", f"expected a mapping; got {data!r}")])
+        prefix = ""
+        if "compression" in data:
+            prefix, data = _select_algorithm(data["compression"])
+        try:
+            return cls(**{str(key): value for key, value in data.items()})
+        except PruningConfigError as exc:
+            raise exc.with_prefix(prefix) from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> PruningConfig:
+        """Read a ``.json``, ``.yaml`` or ``.yml`` file; a top-level ``pruning:`` section is used if present."""
+        path = Path(path)
+        file_format = _file_format(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pruning config file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if file_format == "json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise PruningConfigError([("", f"cannot parse file: {exc}")], source=path) from exc
+        prefix = ""
+        if isinstance(data, Mapping) and "pruning" in data:
+            prefix, data = "pruning", data["pruning"] or {}
+        try:
+            return cls.from_dict(data)
+        except PruningConfigError as exc:
+            raise exc.with_prefix(prefix, source=path) from None
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> PruningConfig:
+        """Read ``pruning_config.json`` from a directory written by :meth:`save_pretrained`, or a config file."""
+        path = Path(path)
+        return cls.from_file(path if path.is_file() else path / CONFIG_NAME)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The NNCF algorithm dict; unset optional params are omitted."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_nncf_dict(self) -> dict[str, Any]:
+        """An NNCF config fragment: ``{"compression": <to_dict()>}``."""
+        return {"compression": self.to_dict()}
+
+    def to_file(self, path: str | os.PathLike[str]) -> None:
+        """Write the algorithm dict as JSON or YAML (by extension), atomically."""
+        path = Path(path)
+        if _file_format(path) == "json":
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        else:
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        _write_atomic(path, text)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``pruning_config.json`` into ``directory`` (created if missing)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.to_file(directory / CONFIG_NAME)
+
+
+def _select_algorithm(compression: Any) -> tuple[str, Any]:
+    """The key path and dict of the single ``filter_pruning`` entry of an NNCF ``compression`` section."""
+    if isinstance(compression, Mapping):
+        candidates = [("compression", compression)]
+    elif isinstance(compression, list):
+        candidates = [(f"compression[{i}]", entry) for i, entry in enumerate(compression)]
+    else:
+        raise PruningConfigError([("compression", f"expected an algorithm mapping or a list of them; got {compression!r}")])
+    found = [entry.get("algorithm") if isinstance(entry, Mapping) else entry for _, entry in candidates]
+    matches = [(prefix, entry) for (prefix, entry), name in zip(candidates, found) if name == ALGORITHM_NAME]
+    if len(matches) != 1:
+        count = "no" if not matches else "more than one"
+        raise PruningConfigError([("compression", f"{count} '{ALGORITHM_NAME}' algorithm; got algorithms {found!r}")])
+    return matches[0]
+
+
+def _file_format(path: Path) -> Literal["json", "yaml"]:
+    """``"json"`` or ``"yaml"``, from ``path``'s extension."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "json"
+    if suffix in (".yaml", ".yml"):
+        return "yaml"
+    raise PruningConfigError([("", f"unsupported file extension (use .json, .yaml or .yml); got {suffix!r}")], source=path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``(key path, problem)`` pair of one pydantic error."""
+    loc = tuple(error["loc"])
+    ctx = error.get("ctx") or {}
+    if "key" in ctx:
+        loc += (ctx["key"],)
+    got = ctx.get("got", repr(error["input"]))
+    if error["type"] == "extra_forbidden":
+        problem = _unknown_key(loc)
+    elif "got" in ctx:
+        problem = error["msg"]
+    elif (field := _field_at(loc)) is not None:
+        problem = f"expected {_expected(field.annotation, field.metadata)}"
+    else:
+        problem = error["msg"][:1].lower() + error["msg"][1:]
+    return _dotted(loc), f"{problem}; got {got}"
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """Problem text for an unknown key, with a "did you mean" suggestion."""
+    field = _field_at(loc[:-1]) if len(loc) > 1 else None
+    model = field.annotation if field is not None else PruningConfig
+    allowed = sorted(model.model_fields)
+    candidates = list(allowed)
+    suffix = ""
+    if model is PruningConfig:
+        candidates += list(PruningParams.model_fields)
+        suffix = ", or any key of 'params'"
+    close = difflib.get_close_matches(str(loc[-1]), candidates, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (allowed: {', '.join(allowed)}{suffix})"
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    """The :class:`PruningConfig` field an error location points at; None if it points inside a field."""
+    model: Any = PruningConfig
+    field = None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = field.annotation
+    return field
+
+
+def _expected(annotation: Any, metadata: list[Any]) -> str:
+    """What a field accepts, in words, e.g. ``"an integer >= 1"``."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(map(repr, args))
+    if type(None) in args:
+        (inner,) = (arg for arg in args if arg is not type(None))
+        return f"{_expected(inner, metadata)} or null"
+    if annotation is bool:
+        return "a boolean (true or false)"
+    if annotation in (int, float):
+        return ("an integer" if annotation is int else "a number") + _bounds(metadata)
+    if annotation is str:
+        return "a string"
+    if get_origin(annotation) is list:
+        return "a string or a list of strings"
+    return "a mapping"
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """Numeric bounds in words: ``" >= 1"``, ``" > 0"`` or ``" in [0, 1)"``."""
+    lower = upper = None
+    for item in metadata:
+        if isinstance(item, annotated_types.Ge):
+            lower = ("[", ">=", item.ge)
+        elif isinstance(item, annotated_types.Gt):
+            lower = ("(", ">", item.gt)
+        elif isinstance(item, annotated_types.Le):
+            upper = ("]", "<=", item.le)
+        elif isinstance(item, annotated_types.Lt):
+            upper = (")", "<", item.lt)
+    if lower and upper:
+        return f" in {lower[0]}{lower[2]}, {upper[2]}{upper[0]}"
+    if lower or upper:
+        _, op, bound = lower or upper
+        return f" {op} {bound}"
+    return ""
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``("params", "legr_params", "generations")`` -> ``"params.legr_params.generations"``; ints as ``[i]``."""
+    path = ""
+    for part in loc:
+        path = _join(path, f"[{part}]" if isinstance(part, int) else str(part))
+    return path
+
+
+def _join(prefix: str, path: str) -> str:
+    """Join two key paths with a dot, leaving out empty parts and the dot before ``[i]``."""
+    if not prefix or not path:
+        return prefix or path
+    return prefix + path if path.startswith("[") else f"{prefix}.{path}"

@@ -1,0 +1,17 @@
+"""Exceptions raised by hf_prune."""
+
+
+class HfPruneError(Exception):
+    """Base class of every error hf_prune raises on purpose."""
+
+
+class AnalysisError(HfPruneError, RuntimeError):
+    """The model could not be traced or analysed (names the module and op where it failed)."""
+
+
+class PruningLevelError(HfPruneError, ValueError):
+    """A pruning level or a group-level mapping is invalid."""
+
+
+class ScopeError(HfPruneError, ValueError):
+    """``ignored_scopes`` / ``target_scopes`` name modules the model does not have."""

@@ -1,0 +1,215 @@
+"""Pruning groups: the sets of (parameter, dimension) that share one channel index space.
+
+A group is an undecomposed channel space that some conv/linear layer produces (its output channels).
+Its members are every parameter dimension indexed by that space: producers (filters), consumers (input
+channels of the next layers), norm parameters, per-channel scales. A group is prunable unless a stated
+reason forbids it; every layer that cannot be pruned says why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from torch import nn
+
+from ..errors import ScopeError
+from .adapters import attention_adapter, class_path
+from .spaces import Label, SpaceTable
+from .trace import ModelTrace
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One parameter dimension of a group; ``role`` is 'out' (filters), 'in' (inputs) or 'channel'."""
+
+    param: str
+    dim: int
+    role: str
+
+    @property
+    def module(self) -> str:
+        return self.param.rpartition(".")[0]
+
+
+@dataclass
+class PruningGroup:
+    id: int
+    space: int
+    size: int
+    members: list[GroupMember]
+    prunable: bool
+    reasons: list[str]
+    flops: float  # dense FLOPs removed if the whole group were removed
+    unit: int = 1  # kept channels are rounded to a multiple of this (in units of the group's index)
+
+    @property
+    def producers(self) -> list[str]:
+        return sorted({m.module for m in self.members if m.role == "out"})
+
+    @property
+    def consumers(self) -> list[str]:
+        return sorted({m.module for m in self.members if m.role == "in"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "channels": self.size, "prunable": self.prunable, "reasons": self.reasons,
+            "producers": self.producers, "consumers": self.consumers, "flops": self.flops,
+            "members": [{"param": m.param, "dim": m.dim, "role": m.role} for m in self.members],
+        }
+
+
+@dataclass
+class PruningPolicy:
+    """NNCF's structural options (a subset of :class:`hf_prune.PruningConfig`)."""
+
+    prune_first_conv: bool = False
+    prune_downsample_convs: bool = False
+    ignored_scopes: Sequence[str] = ()
+    target_scopes: Sequence[str] = ()
+    channel_multiple: int = 8
+
+    @classmethod
+    def from_config(cls, config: Any) -> "PruningPolicy":
+        if config is None:
+            return cls()
+        p = config.params
+        return cls(p.prune_first_conv, p.prune_downsample_convs, list(config.ignored_scopes),
+                   list(config.target_scopes), p.channel_multiple)
+
+
+def _scope_matcher(scopes: Iterable[str], modules: list[str], key: str):
+    """Compile ``ignored_scopes``-style entries: a module name (and its children) or ``{re}regex``."""
+    patterns = []
+    for scope in scopes:
+        if scope.startswith("{re}"):
+            rx = re.compile(scope[4:])
+            if not any(rx.fullmatch(m) for m in modules):
+                raise ScopeError(f"{key}: regex {scope!r} matches no module of the model")
+            patterns.append(lambda m, rx=rx: bool(rx.fullmatch(m)))
+        else:
+            if not any(m == scope or m.startswith(scope + ".") for m in modules):
+                close = difflib.get_close_matches(scope, modules, n=5, cutoff=0.5)
+                hint = f"; closest module names: {', '.join(close)}" if close else ""
+                raise ScopeError(f"{key}: no module named {scope!r} in the model{hint}")
+            patterns.append(lambda m, s=scope: m == s or m.startswith(s + "."))
+    return lambda module: next((s for s, p in zip(scopes, patterns) if p(module)), None)
+
+
+def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> tuple[list[PruningGroup], dict[str, list[str]]]:
+    """Groups of the traced model (prunable and not) and the reasons of every unprunable layer."""
+    T = trace.table
+    modules = [n for n, _ in model.named_modules() if n]
+    ignored = _scope_matcher(policy.ignored_scopes, modules, "ignored_scopes")
+    targeted = _scope_matcher(policy.target_scopes, modules, "target_scopes") if policy.target_scopes else None
+    named_modules = dict(model.named_modules())
+
+    roles: dict[tuple[str, int], str] = {}
+    for u in trace.uses:
+        roles[(u.param, u.dim)] = u.role if roles.get((u.param, u.dim)) in (None, u.role) else "out"
+    members: dict[int, list[GroupMember]] = {}
+    for name, labels in trace.param_labels.items():
+        for d, lab in enumerate(labels):
+            for leaf in dict.fromkeys(T.leaves(lab)):
+                members.setdefault(leaf, []).append(GroupMember(name, d, roles.get((name, d), "channel")))
+
+    policy_reasons: dict[int, list[str]] = {}
+    input_roots = {T.find(s) for lab in trace.input_labels for s in lab}
+    for conv in trace.convs:
+        reason = None
+        if not policy.prune_first_conv and any(T.find(s) in input_roots for s in conv.in_label):
+            reason = f"first convolution {conv.module} (prune_first_conv=false)"
+        elif not policy.prune_downsample_convs and conv.groups == 1 and any(s > 1 for s in conv.stride):
+            reason = f"downsample convolution {conv.module} (stride {max(conv.stride)}; prune_downsample_convs=false)"
+        if reason:
+            for leaf in T.leaves(conv.out_label):
+                policy_reasons.setdefault(leaf, []).append(reason)
+
+    flops: dict[int, float] = {}
+    for op in trace.flop_ops:
+        for lab in op.labels:
+            for leaf in dict.fromkeys(T.leaves(lab)):
+                flops[leaf] = flops.get(leaf, 0.0) + op.flops * T.share(lab, leaf)
+
+    groups: list[PruningGroup] = []
+    for leaf, mems in members.items():
+        if T.size(leaf) < 2 or not any(m.role == "out" for m in mems):
+            continue
+        reasons = T.reasons(leaf) + policy_reasons.get(leaf, [])
+        reasons += _split_reasons(T, leaf, named_modules, trace.module_classes)
+        producers = sorted({m.module for m in mems if m.role == "out"})
+        for p in producers:
+            hit = ignored(p)
+            if hit is not None:
+                reasons.append(f"{p} is in ignored_scopes ({hit!r})")
+            if targeted is not None and targeted(p) is None:
+                reasons.append(f"{p} is not in target_scopes")
+        groups.append(PruningGroup(
+            id=0, space=leaf, size=T.size(leaf), members=mems, prunable=not reasons, reasons=reasons,
+            flops=flops.get(leaf, 0.0), unit=_rounding_unit(T, trace, leaf, mems, policy.channel_multiple),
+        ))
+    order = {name: i for i, name in enumerate(trace.param_labels)}
+    groups.sort(key=lambda g: min(order[m.param] for m in g.members if m.role == "out"))
+    for i, g in enumerate(groups):
+        g.id = i
+    return groups, _unprunable_layers(trace, groups)
+
+
+def _split_reasons(T: SpaceTable, leaf: int, named_modules: dict[str, nn.Module], classes: dict[str, str]) -> list[str]:
+    """Reasons from reshapes that split channels: allowed only for the head count of known attention."""
+    reasons: list[str] = []
+    stack, seen = [leaf], set()
+    while stack:
+        space = stack.pop()
+        if space in seen:
+            continue
+        seen.add(space)
+        for parent in T.parents(space):
+            d = T.decomposition(parent)
+            stack.append(parent)
+            if d is None or d.site.cause != "reshape":
+                continue
+            module = named_modules.get(d.site.module)
+            adapter = attention_adapter(module) if module is not None else None
+            if adapter is None:
+                cls = classes.get(d.site.module, "?")
+                reasons.append(f"channels are split by a reshape in {d.site.module or '<model>'} ({cls}), "
+                               "which has no attention adapter")
+            elif space == leaf and T.size(leaf) != adapter[0](module):
+                reasons.append(f"only whole heads of {d.site.module} ({class_path(module)}) can be pruned")
+    return reasons
+
+
+def _rounding_unit(T: SpaceTable, trace: ModelTrace, leaf: int, mems: list[GroupMember], multiple: int) -> int:
+    """Round kept indices so that every producer keeps a multiple of ``multiple`` channels."""
+    if multiple <= 1:
+        return 1
+    producer = next(m for m in mems if m.role == "out")
+    label = trace.param_labels[producer.param][producer.dim]
+    stride = max(1, round(T.label_size(label) * T.share(label, leaf) / T.size(leaf)))
+    return multiple // math.gcd(multiple, stride)
+
+
+def _unprunable_layers(trace: ModelTrace, groups: list[PruningGroup]) -> dict[str, list[str]]:
+    """Every conv/linear layer none of whose output channels can be pruned, with the reasons."""
+    prunable_producers = {p for g in groups if g.prunable for p in g.producers}
+    out: dict[str, list[str]] = {}
+    for g in groups:
+        if g.prunable:
+            continue
+        for p in g.producers:
+            if p not in prunable_producers:
+                out.setdefault(p, [])
+                for r in g.reasons:
+                    if r not in out[p]:
+                        out[p].append(r)
+    for module, reason in trace.computed_weights.items():
+        out.setdefault(module, []).append(reason)
+    producers_seen = {p for g in groups for p in g.producers} | set(trace.computed_weights)
+    for u in trace.uses:
+        if u.role == "out" and u.module not in producers_seen:
+            out.setdefault(u.param.rpartition(".")[0], []).append("its output channels form no group (single channel)")
+    return dict(sorted(out.items()))
