@@ -54,7 +54,11 @@ class PruningConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    """Base of all config sections: unknown keys and loose types are errors."""
+    """Base of all config sections: unknown keys and loose types are errors.
+
+    Only :class:`PruningConfig` turns pydantic's ``ValidationError`` into
+    :class:`PruningConfigError`; a section built on its own raises ``ValidationError``.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -104,7 +108,9 @@ class PruningParams(_Section):
     save_ranking_coeffs_path: str | None = Field(None, description="Where to save learned ranking coefficients.")
     load_ranking_coeffs_path: str | None = Field(None, description="Where to load ranking coefficients from.")
     channel_multiple: int = Field(
-        8, ge=1, description="hf_prune extension: kept channels are rounded to this multiple where the layer is large enough."
+        8,
+        ge=1,
+        description="hf_prune extension: round kept channels to this multiple where the layer is large enough.",
     )
     regularization_weight: float = Field(
         0.0, ge=0, description="hf_prune extension: weight of the optional group-sparsity loss (0 disables it)."
@@ -145,7 +151,7 @@ class PruningConfig(_Section):
     pruning_init: float = Field(0.0, ge=0, lt=1, description="Pruning rate applied at the start.")
     initializer: InitializerConfig = Field(default_factory=InitializerConfig)
     params: PruningParams = Field(default_factory=PruningParams)
-    ignored_scopes: list[str] = Field(default_factory=list, description="Layers never pruned (NNCF scope patterns).")
+    ignored_scopes: list[str] = Field(default_factory=list, description="Layers never pruned (NNCF scopes).")
     target_scopes: list[str] = Field(default_factory=list, description="If set, only these layers are pruned.")
 
     def __init__(self, **data: Any) -> None:
@@ -217,7 +223,10 @@ class PruningConfig(_Section):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> PruningConfig:
-        """Read a ``.json``, ``.yaml`` or ``.yml`` file; a top-level ``pruning:`` section is used if present."""
+        """Read a ``.json``, ``.yaml`` or ``.yml`` file (through :meth:`from_dict`).
+
+        A file whose top level has a ``pruning`` section (a recipe) uses that section.
+        """
         path = Path(path)
         file_format = _file_format(path)
         if not path.is_file():
@@ -229,7 +238,7 @@ class PruningConfig(_Section):
             raise PruningConfigError([("", f"cannot parse file: {exc}")], source=path) from exc
         prefix = ""
         if isinstance(data, Mapping) and "pruning" in data:
-            prefix, data = "pruning", data["pruning"] or {}
+            prefix, data = "pruning", {} if data["pruning"] is None else data["pruning"]
         try:
             return cls.from_dict(data)
         except PruningConfigError as exc:
@@ -237,7 +246,7 @@ class PruningConfig(_Section):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> PruningConfig:
-        """Read ``pruning_config.json`` from a directory written by :meth:`save_pretrained`, or a config file."""
+        """Read ``pruning_config.json`` from a :meth:`save_pretrained` directory, or a config file."""
         path = Path(path)
         return cls.from_file(path if path.is_file() else path / CONFIG_NAME)
 
@@ -272,12 +281,14 @@ def _select_algorithm(compression: Any) -> tuple[str, Any]:
     elif isinstance(compression, list):
         candidates = [(f"compression[{i}]", entry) for i, entry in enumerate(compression)]
     else:
-        raise PruningConfigError([("compression", f"expected an algorithm mapping or a list of them; got {compression!r}")])
+        problem = f"expected an algorithm mapping or a list of them; got {compression!r}"
+        raise PruningConfigError([("compression", problem)])
     found = [entry.get("algorithm") if isinstance(entry, Mapping) else entry for _, entry in candidates]
     matches = [(prefix, entry) for (prefix, entry), name in zip(candidates, found) if name == ALGORITHM_NAME]
     if len(matches) != 1:
         count = "no" if not matches else "more than one"
-        raise PruningConfigError([("compression", f"{count} '{ALGORITHM_NAME}' algorithm; got algorithms {found!r}")])
+        problem = f"{count} '{ALGORITHM_NAME}' algorithm; got algorithms {found!r}"
+        raise PruningConfigError([("compression", problem)])
     return matches[0]
 
 
@@ -288,7 +299,8 @@ def _file_format(path: Path) -> Literal["json", "yaml"]:
         return "json"
     if suffix in (".yaml", ".yml"):
         return "yaml"
-    raise PruningConfigError([("", f"unsupported file extension (use .json, .yaml or .yml); got {suffix!r}")], source=path)
+    problem = f"unsupported file extension (use .json, .yaml or .yml); got {suffix!r}"
+    raise PruningConfigError([("", problem)], source=path)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -391,7 +403,7 @@ def _bounds(metadata: list[Any]) -> str:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    """``("params", "legr_params", "generations")`` -> ``"params.legr_params.generations"``; ints as ``[i]``."""
+    """``("params", "legr_params", "seed")`` -> ``"params.legr_params.seed"``; ints become ``[i]``."""
     path = ""
     for part in loc:
         path = _join(path, f"[{part}]" if isinstance(part, int) else str(part))

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..errors import AnalysisError
 from .flops import FlopsModel
-from .groups import PruningGroup, PruningPolicy, build_groups
+from .groups import PruningGroup, PruningPolicy, build_groups, unprunable_layers
 from .trace import ModelTrace, trace_model
+from .verify import exclude_unstrippable
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ModelAnalysis:
     unprunable_layers: dict[str, list[str]]
     flops_model: FlopsModel
     params: set[str]  # names of trainable parameters (buffers excluded)
+    example_inputs: Any = None
 
     @property
     def prunable_groups(self) -> list[PruningGroup]:
@@ -67,13 +69,21 @@ def default_example_inputs(model: nn.Module) -> Any:
     )
 
 
-def analyze_model(model: nn.Module, example_inputs: Any = None, policy: PruningPolicy | None = None) -> ModelAnalysis:
-    """Trace ``model`` once and find its pruning groups under ``policy`` (NNCF defaults if None)."""
+def analyze_model(model: nn.Module, example_inputs: Any = None, policy: PruningPolicy | None = None,
+                  verify: bool = True) -> ModelAnalysis:
+    """Trace ``model`` once and find its pruning groups under ``policy`` (NNCF defaults if None).
+
+    With ``verify`` (default), every offered group is proven strippable on the example inputs (see
+    :mod:`hf_prune.graph.verify`); groups that fail are excluded with the failure as their reason.
+    """
     if not isinstance(model, nn.Module):
         raise AnalysisError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
     trace = trace_model(model, example_inputs)
-    groups, unprunable = build_groups(trace, model, policy or PruningPolicy())
+    groups = build_groups(trace, model, policy or PruningPolicy())
+    if verify:
+        exclude_unstrippable(model, trace, groups, example_inputs)
     params = {n for n, p in model.named_parameters()}
-    return ModelAnalysis(type(model).__name__, trace, groups, unprunable, FlopsModel(trace), params)
+    return ModelAnalysis(type(model).__name__, trace, groups, unprunable_layers(trace, groups), FlopsModel(trace),
+                         params, example_inputs)

@@ -99,8 +99,8 @@ def _scope_matcher(scopes: Iterable[str], modules: list[str], key: str):
     return lambda module: next((s for s, p in zip(scopes, patterns) if p(module)), None)
 
 
-def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> tuple[list[PruningGroup], dict[str, list[str]]]:
-    """Groups of the traced model (prunable and not) and the reasons of every unprunable layer."""
+def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> list[PruningGroup]:
+    """Groups of the traced model, prunable and not."""
     T = trace.table
     modules = [n for n, _ in model.named_modules() if n]
     ignored = _scope_matcher(policy.ignored_scopes, modules, "ignored_scopes")
@@ -155,7 +155,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
     groups.sort(key=lambda g: min(order[m.param] for m in g.members if m.role == "out"))
     for i, g in enumerate(groups):
         g.id = i
-    return groups, _unprunable_layers(trace, groups)
+    return groups
 
 
 def _split_reasons(T: SpaceTable, leaf: int, named_modules: dict[str, nn.Module], classes: dict[str, str]) -> list[str]:
@@ -193,7 +193,7 @@ def _rounding_unit(T: SpaceTable, trace: ModelTrace, leaf: int, mems: list[Group
     return multiple // math.gcd(multiple, stride)
 
 
-def _unprunable_layers(trace: ModelTrace, groups: list[PruningGroup]) -> dict[str, list[str]]:
+def unprunable_layers(trace: ModelTrace, groups: list[PruningGroup]) -> dict[str, list[str]]:
     """Every conv/linear layer none of whose output channels can be pruned, with the reasons."""
     prunable_producers = {p for g in groups if g.prunable for p in g.producers}
     out: dict[str, list[str]] = {}

@@ -501,6 +501,9 @@ class _Tracer(TorchDispatchMode):
         children = self.table.decompose(sid, "sum", sizes, site)
         if children is None:
             return None
+        # The sizes of a slice or split are fixed by the model's code: its pieces can't shrink.
+        for c in children:
+            self.table.block(c, f"sliced at fixed offsets by {self.where(self.last_op)}")
         return [(c,) if self.table.size(c) > 1 else () for c in children]
 
     def _slice(self, func, args, kwargs, out):
@@ -586,7 +589,8 @@ class _Tracer(TorchDispatchMode):
         self.flop_ops.append(FlopOp(self.last_op, self.module, flops, labels))
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Call a model on a tensor, a tuple of positional inputs or a dict of keyword inputs."""
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -628,7 +632,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
             input_labels.extend(labels)
         try:
             with torch.no_grad(), tracer:
-                output = _call(model, example_inputs)
+                output = call_model(model, example_inputs)
         except AnalysisError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with context

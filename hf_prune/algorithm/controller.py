@@ -1,0 +1,379 @@
+"""FilterPruningController: NNCF's filter-pruning controller, with a physical strip."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..config import PruningConfig
+from ..errors import PruningLevelError
+from ..graph.analysis import ModelAnalysis, analyze_model
+from ..graph.groups import PruningGroup, PruningPolicy
+from ..graph.surgery import strip, zero_pruned
+from .importance import IMPORTANCE, group_importance
+from .masks import WeightMasker, remove_mask_hooks
+from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
+from .statistics import PruningStatistics, collect_statistics
+
+STRIP_FORMATS = ("native", "zeros")
+
+
+@dataclass
+class PrunedModuleInfo:
+    """A producer layer of a prunable group (NNCF's ``minfo``); ``mask`` is its live filter mask."""
+
+    module_name: str
+    module: nn.Module
+    group_id: int
+    param: str
+    dim: int
+    _controller: "FilterPruningController"
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self._controller.param_dim_mask(self.param, self.dim)
+
+
+class CompressionLoss:
+    """NNCF's filter-pruning loss is zero; ``regularization_weight`` > 0 adds a group-lasso term on
+    the filters currently masked, pushing the channels about to be removed toward zero."""
+
+    def __init__(self, controller: "FilterPruningController", weight: float) -> None:
+        self._controller = controller
+        self.weight = weight
+
+    def __call__(self) -> torch.Tensor:
+        return self.calculate()
+
+    def calculate(self) -> torch.Tensor:
+        ctrl = self._controller
+        params = dict(ctrl.model.named_parameters())
+        device = next(iter(params.values())).device if params else torch.device("cpu")
+        if self.weight == 0 or not ctrl.levels_nonzero:
+            return torch.zeros((), device=device)
+        total = torch.zeros((), device=device)
+        for info in ctrl.pruned_modules:
+            pruned = ~info.mask
+            if not bool(pruned.any()):
+                continue
+            w = params[info.param].movedim(info.dim, 0)
+            total = total + w[pruned.to(w.device)].reshape(int(pruned.sum()), -1).norm(dim=1).sum()
+        return self.weight * total
+
+    def statistics(self, quickly_collected_only: bool = False) -> dict[str, float]:
+        return {"regularization_weight": self.weight}
+
+
+class FilterPruningController:
+    """Masks whole filters of a model on a schedule and strips them at the end.
+
+    Created by :func:`create_pruning_controller`. The model keeps its parameters; masks act in the
+    forward pass. ``strip_model`` returns the model with the pruned channels physically removed.
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig, analysis: ModelAnalysis) -> None:
+        self.model = model
+        self.config = config
+        self.analysis = analysis
+        self.prune_flops = config.prune_flops
+        self.pruning_init = config.pruning_init
+        self.target_level = config.target
+        self._criterion = config.params.filter_importance
+        if self._criterion not in IMPORTANCE:
+            raise PruningLevelError(f"params.filter_importance: unknown criterion {self._criterion!r}")
+        self._groups = {g.id: g for g in analysis.prunable_groups}
+        self._coords = self._producer_coords()
+        self._group_levels: dict[int, float] = {gid: 0.0 for gid in self._groups}
+        self._masks: dict[int, torch.Tensor] = {gid: torch.ones(g.size, dtype=torch.bool) for gid, g in self._groups.items()}
+        self._pruning_level = 0.0
+        self._frozen = False
+        self._masker = WeightMasker()
+        self.data_loader: Iterable[Any] | None = None
+        self.pruned_modules = [
+            PrunedModuleInfo(m.module, model.get_submodule(m.module), g.id, m.param, m.dim, self)
+            for g in self._groups.values() for m in g.members if m.role == "out"
+        ]
+        self._loss = CompressionLoss(self, config.params.regularization_weight)
+        params = config.params
+        self._scheduler: PruningScheduler = SCHEDULERS[params.schedule](
+            self, self.pruning_init, self.target_level, params.num_init_steps, params.pruning_steps)
+        if self.pruning_init > 0:
+            self.set_pruning_level(self.pruning_init)
+
+    # ------------------------------------------------------------------ NNCF surface
+    @property
+    def loss(self) -> CompressionLoss:
+        return self._loss
+
+    @property
+    def scheduler(self) -> PruningScheduler:
+        return self._scheduler
+
+    @property
+    def pruning_level(self) -> float:
+        """The global pruning level last set (a FLOPs fraction in FLOPs mode)."""
+        return self._pruning_level
+
+    @property
+    def current_groupwise_pruning_level(self) -> dict[int, float]:
+        """Group id → fraction of the group's channels currently masked."""
+        return {gid: 1.0 - float(m.float().mean()) for gid, m in self._masks.items()}
+
+    @property
+    def compression_rate(self) -> float:
+        """FLOPs reduction in FLOPs mode, otherwise the fraction of prunable filters masked."""
+        if self.prune_flops:
+            return 1.0 - self.current_flops / self.analysis.dense_flops
+        total = sum(g.size for g in self._groups.values())
+        pruned = sum(int((~m).sum()) for m in self._masks.values())
+        return pruned / total if total else 0.0
+
+    @compression_rate.setter
+    def compression_rate(self, value: float) -> None:
+        self.set_pruning_level(value)
+
+    @property
+    def maximal_compression_rate(self) -> float:
+        if not self.prune_flops:
+            return 1.0
+        minimal = {g.space: self._kept_count(g, 1.0) / g.size for g in self._groups.values()}
+        return 1.0 - self.analysis.flops_model.flops(minimal) / self.analysis.dense_flops
+
+    @staticmethod
+    def get_mask(minfo: PrunedModuleInfo) -> torch.Tensor:
+        """The filter mask (True = kept) of a pruned module's output channels."""
+        return minfo.mask
+
+    def compression_stage(self) -> int:
+        """0: uncompressed, 1: partially compressed, 2: fully compressed (rate ≥ target)."""
+        rate = self.compression_rate
+        if rate == 0:
+            return 0
+        return 2 if rate >= self.target_level - 1e-9 else 1
+
+    def disable_scheduler(self) -> None:
+        """Keep the current level for the rest of training."""
+        stub = StubScheduler(self._pruning_level)
+        stub.current_epoch, stub.current_step = self._scheduler.current_epoch, self._scheduler.current_step
+        self._scheduler = stub
+
+    def freeze(self) -> None:
+        """Stop recomputing masks (the schedule's end)."""
+        self._frozen = True
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def set_pruning_level(self, pruning_level: float | Mapping[int, float], run_batchnorm_adaptation: bool = False) -> None:
+        """Set a global level (filters, or FLOPs in FLOPs mode) or ``{group_id: level}``."""
+        if self._frozen:
+            return
+        if isinstance(pruning_level, Mapping):
+            levels = self._validate_group_levels(pruning_level)
+            self._pruning_level = float(sum(levels.values()) / len(levels)) if levels else 0.0
+        else:
+            level = self._validate_level(pruning_level, "pruning_level")
+            levels = self._levels_for_flops(level) if self.prune_flops else {gid: level for gid in self._groups}
+            self._pruning_level = level
+        self._group_levels.update(levels)
+        self._update_masks()
+        if run_batchnorm_adaptation:
+            from .bn_adaptation import adapt_batchnorm
+
+            adapt_batchnorm(self.model, self.data_loader, self.config.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
+
+    def statistics(self, quickly_collected_only: bool = False) -> PruningStatistics:
+        return collect_statistics(self, quickly_collected_only)
+
+    def prepare_for_export(self) -> None:
+        """Bake the masks into the weights (zeroed filters, same shapes), as NNCF does before export."""
+        zero_pruned(self.model, self.analysis.trace, self.leaf_masks())
+
+    def strip_model(self, model: nn.Module | None = None, do_copy: bool = False, strip_format: str = "native") -> nn.Module:
+        """The model without pruning machinery: ``native`` removes pruned channels physically (same
+        classes, smaller tensors); ``zeros`` keeps shapes with pruned filters zeroed (NNCF's format)."""
+        if strip_format not in STRIP_FORMATS:
+            raise ValueError(f"strip_format must be one of {STRIP_FORMATS}, got {strip_format!r}")
+        model = self.model if model is None else model
+        if do_copy:
+            model = copy.deepcopy(model)
+            remove_mask_hooks(model)
+        elif model is self.model:
+            self._masker.remove()
+        fn = strip if strip_format == "native" else zero_pruned
+        return fn(model, self.analysis.trace, self.leaf_masks())
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "group_levels": dict(self._group_levels),
+            "masks": {gid: m.clone() for gid, m in self._masks.items()},
+            "pruning_level": self._pruning_level,
+            "frozen": self._frozen,
+            "scheduler": self._scheduler.state_dict(),
+            "scheduler_disabled": isinstance(self._scheduler, StubScheduler),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        masks = {int(k): v for k, v in state["masks"].items()}
+        if set(masks) != set(self._masks) or any(masks[g].numel() != self._masks[g].numel() for g in masks):
+            raise PruningLevelError("pruning state does not match this model's groups (different model or config?)")
+        self._masks = {g: m.to(torch.bool).cpu() for g, m in masks.items()}
+        self._group_levels = {int(k): float(v) for k, v in state["group_levels"].items()}
+        self._pruning_level = float(state["pruning_level"])
+        self._frozen = bool(state["frozen"])
+        if state.get("scheduler_disabled"):
+            self.disable_scheduler()
+        self._scheduler.load_state_dict(state["scheduler"])
+        self._install_masks()
+
+    # ------------------------------------------------------------------ internals
+    @property
+    def groups(self) -> dict[int, PruningGroup]:
+        return self._groups
+
+    @property
+    def levels_nonzero(self) -> bool:
+        return any(not bool(m.all()) for m in self._masks.values())
+
+    @property
+    def current_flops(self) -> float:
+        return self.analysis.flops_model.flops(self._kept_fractions())
+
+    @property
+    def current_params(self) -> float:
+        return self.analysis.flops_model.params(self._kept_fractions(), trainable_only=self.analysis.params)
+
+    def group_masks(self) -> dict[int, torch.Tensor]:
+        return dict(self._masks)
+
+    def leaf_masks(self) -> dict[int, torch.Tensor]:
+        return {self._groups[gid].space: m for gid, m in self._masks.items() if not bool(m.all())}
+
+    def param_dim_mask(self, param: str, dim: int) -> torch.Tensor:
+        labels = self.analysis.trace.param_labels[param]
+        return self.analysis.trace.table.label_mask(labels[dim], self.leaf_masks())
+
+    def _kept_fractions(self) -> dict[int, float]:
+        return {self._groups[gid].space: float(m.float().mean()) for gid, m in self._masks.items()}
+
+    def _validate_level(self, level: Any, key: str) -> float:
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
+            raise PruningLevelError(f"{key} must be a number in [0, 1), got {level!r}")
+        return float(level)
+
+    def _validate_group_levels(self, levels: Mapping[int, float]) -> dict[int, float]:
+        unknown = [k for k in levels if k not in self._groups]
+        if unknown:
+            valid = sorted(self._groups)
+            raise PruningLevelError(
+                f"unknown pruning group id(s) {unknown}; prunable group ids are {valid} "
+                "(see controller.analysis.groups or `hf-prune analyze`)")
+        return {int(k): self._validate_level(v, f"pruning_level[{k}]") for k, v in levels.items()}
+
+    @staticmethod
+    def _kept_count(group: PruningGroup, level: float) -> int:
+        n = group.size
+        keep = max(1, n - math.floor(n * level + 1e-9))
+        unit = group.unit
+        if unit > 1 and n > unit:
+            keep = min(n, math.ceil(keep / unit) * unit)
+        return keep
+
+    def _levels_for_flops(self, target: float) -> dict[int, float]:
+        """The smallest uniform filter level whose FLOPs reduction reaches ``target``."""
+        fm, dense = self.analysis.flops_model, self.analysis.dense_flops
+
+        def reduction(level: float) -> float:
+            kept = {g.space: self._kept_count(g, level) / g.size for g in self._groups.values()}
+            return 1.0 - fm.flops(kept) / dense
+
+        if target == 0:
+            return {gid: 0.0 for gid in self._groups}
+        hi = 1.0 - 1e-9
+        if reduction(hi) < target:
+            raise PruningLevelError(
+                f"pruning_flops_target {target:.3f} is unreachable: pruning every prunable group to its minimum "
+                f"removes {reduction(hi):.3f} of the FLOPs (see maximal_compression_rate)")
+        lo = 0.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if reduction(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return {gid: hi for gid in self._groups}
+
+    def _producer_coords(self) -> dict[int, list[tuple[str, int, torch.Tensor]]]:
+        T, labels = self.analysis.trace.table, self.analysis.trace.param_labels
+        return {
+            g.id: [(m.param, m.dim, T.label_coords(labels[m.param][m.dim], g.space)) for m in g.members if m.role == "out"]
+            for g in self._groups.values()
+        }
+
+    @torch.no_grad()
+    def _update_masks(self) -> None:
+        params = dict(self.model.named_parameters())
+        for gid, level in self._group_levels.items():
+            g = self._groups[gid]
+            keep = self._kept_count(g, level)
+            if keep >= g.size:
+                self._masks[gid] = torch.ones(g.size, dtype=torch.bool)
+                continue
+            producers = [(params[p], d, c) for p, d, c in self._coords[gid]]
+            scores = group_importance(producers, g.size, self._criterion)
+            mask = torch.zeros(g.size, dtype=torch.bool)
+            mask[torch.topk(scores, keep, largest=self._criterion != "geometric_median" or True).indices] = True
+            self._masks[gid] = mask
+        self._install_masks()
+
+    def _install_masks(self) -> None:
+        leaf = self.leaf_masks()
+        if not leaf:
+            self._masker.remove()
+            return
+        T, trace = self.analysis.trace.table, self.analysis.trace
+        consumer_dims: dict[str, set[int]] = {}
+        for gid in self._masks:
+            if bool(self._masks[gid].all()):
+                continue
+            for m in self._groups[gid].members:
+                if m.role == "in":
+                    consumer_dims.setdefault(m.param, set()).add(m.dim)
+        masks: dict[str, torch.Tensor] = {}
+        for param, dims in consumer_dims.items():
+            shape = trace.param_shapes[param]
+            mask = torch.ones(shape)
+            for d in dims:
+                view = [1] * len(shape)
+                view[d] = -1
+                mask = mask * T.label_mask(trace.param_labels[param][d], leaf).reshape(view).float()
+            masks[param] = mask
+        self._masker.apply(self.model, masks)
+
+
+def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[str, Any] | None = None,
+                              example_inputs: Any = None, data_loader: Iterable[Any] | None = None) -> FilterPruningController:
+    """Analyse ``model`` once and attach a :class:`FilterPruningController` to it.
+
+    ``config``: a :class:`PruningConfig`, an NNCF-style dict, or None for NNCF's defaults.
+    ``example_inputs``: a tensor, tuple or dict the model accepts; inferred from a timm
+    ``pretrained_cfg`` or a transformers config when omitted. ``data_loader``: batches used by
+    BatchNorm adaptation.
+    """
+    if config is None:
+        config = PruningConfig()
+    elif isinstance(config, Mapping):
+        config = PruningConfig.from_dict(config)
+    elif not isinstance(config, PruningConfig):
+        raise TypeError(f"config must be a PruningConfig or a dict, got {type(config).__name__}")
+    analysis = analyze_model(model, example_inputs, PruningPolicy.from_config(config))
+    controller = FilterPruningController(model, config, analysis)
+    controller.data_loader = data_loader
+    return controller

@@ -1,0 +1,80 @@
+"""Masks in the forward pass, without touching the stored weights (NNCF semantics).
+
+A pruned channel is silenced where it is *consumed*: the input-channel columns of the next conv/linear
+weights are multiplied by the mask for the duration of each forward call. Everything between producer
+and consumer is per-channel, so a pruned channel then influences nothing: the model computes exactly
+what the stripped model will, and pruned filters receive zero gradient. Parameters stay the same
+objects with the same names, so ``state_dict``, optimizers, DDP and checkpoints are unaffected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _MaskHook:
+    """Forward pre/post hooks swapping a module's weights for their masked versions during forward."""
+
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        self.masks = masks
+        self.saved: dict[str, nn.Parameter] = {}
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def mask_for(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        key = (name, p.device, p.dtype)
+        m = self._cache.get(key)
+        if m is None:
+            m = self._cache[key] = self.masks[name].to(device=p.device, dtype=p.dtype)
+        return m
+
+    def pre(self, module: nn.Module, args) -> None:
+        for name in self.masks:
+            p = module._parameters[name]
+            self.saved[name] = p
+            module._parameters[name] = p * self.mask_for(name, p)
+
+    def post(self, module: nn.Module, args, output) -> None:
+        for name, p in self.saved.items():
+            module._parameters[name] = p
+        self.saved.clear()
+
+
+class WeightMasker:
+    """Installs and updates the consumer-side weight masks of a model."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[nn.Module, tuple[_MaskHook, list]] = {}
+
+    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``); replaces old masks."""
+        self.remove()
+        by_module: dict[nn.Module, dict[str, torch.Tensor]] = {}
+        for full_name, mask in masks.items():
+            module_name, _, pname = full_name.rpartition(".")
+            module = model.get_submodule(module_name)
+            by_module.setdefault(module, {})[pname] = mask
+        for module, module_masks in by_module.items():
+            hook = _MaskHook(module_masks)
+            handles = [module.register_forward_pre_hook(hook.pre),
+                       module.register_forward_hook(hook.post, always_call=True)]
+            self._hooks[module] = (hook, handles)
+
+    def remove(self) -> None:
+        for hook, handles in self._hooks.values():
+            for h in handles:
+                h.remove()
+        self._hooks.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooks)
+
+
+def remove_mask_hooks(model: nn.Module) -> None:
+    """Drop hf_prune mask hooks from a model (e.g. from a deep copy that inherited them)."""
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), _MaskHook)]:
+                del hooks[key]
+                module._forward_hooks_always_called.pop(key, None)

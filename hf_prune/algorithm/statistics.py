@@ -1,0 +1,98 @@
+"""PruningStatistics: what the controller has done, for machines (``to_dict``) and people (a table)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from .controller import FilterPruningController
+
+
+@dataclass
+class LayerStatistics:
+    name: str
+    weight_shape: tuple[int, ...]
+    mask_shape: tuple[int, ...]
+    kept: int
+    total: int
+    group_id: int
+
+    @property
+    def level(self) -> float:
+        return 1.0 - self.kept / self.total if self.total else 0.0
+
+
+@dataclass
+class PruningStatistics:
+    current_level: float
+    target_level: float
+    prune_flops: bool
+    compression_rate: float
+    compression_stage: int
+    filters_before: int
+    filters_after: int
+    flops_before: float | None = None
+    flops_after: float | None = None
+    params_before: float | None = None
+    params_after: float | None = None
+    layers: list[LayerStatistics] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = [dict(asdict(layer), level=layer.level) for layer in self.layers]
+        return d
+
+    def table(self) -> Table:
+        t = Table(title="Pruned layers", show_lines=False)
+        for col in ("layer", "group", "weight shape", "kept / total", "level"):
+            t.add_column(col, justify="left" if col in ("layer", "weight shape") else "right")
+        for layer in self.layers:
+            t.add_row(layer.name, str(layer.group_id), str(list(layer.weight_shape)),
+                      f"{layer.kept} / {layer.total}", f"{layer.level:.1%}")
+        return t
+
+    def summary_lines(self) -> list[str]:
+        target_kind = "FLOPs" if self.prune_flops else "filters"
+        lines = [
+            f"pruning level: {self.current_level:.3f} (target {self.target_level:.3f} of {target_kind})",
+            f"compression rate: {self.compression_rate:.3f}, stage {self.compression_stage}",
+            f"filters: {self.filters_before} -> {self.filters_after}",
+        ]
+        if self.flops_before is not None:
+            lines.append(f"FLOPs: {self.flops_before / 1e6:.1f}M -> {self.flops_after / 1e6:.1f}M "
+                         f"({1 - self.flops_after / self.flops_before:.1%} less)")
+            lines.append(f"params: {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M "
+                         f"({1 - self.params_after / self.params_before:.1%} less)")
+        return lines
+
+    def __str__(self) -> str:
+        buf = io.StringIO()
+        console = Console(file=buf, width=120, force_terminal=False, color_system=None)
+        for line in self.summary_lines():
+            console.print(line, highlight=False)
+        console.print(self.table())
+        return buf.getvalue()
+
+
+def collect_statistics(ctrl: "FilterPruningController", quickly_collected_only: bool = False) -> PruningStatistics:
+    shapes = ctrl.analysis.trace.param_shapes
+    layers = []
+    for info in ctrl.pruned_modules:
+        mask = info.mask
+        layers.append(LayerStatistics(info.module_name, shapes[info.param], tuple(mask.shape),
+                                      int(mask.sum()), mask.numel(), info.group_id))
+    stats = PruningStatistics(
+        current_level=ctrl.pruning_level, target_level=ctrl.target_level, prune_flops=ctrl.prune_flops,
+        compression_rate=ctrl.compression_rate, compression_stage=ctrl.compression_stage(),
+        filters_before=sum(layer.total for layer in layers), filters_after=sum(layer.kept for layer in layers),
+        layers=layers,
+    )
+    if not quickly_collected_only:
+        stats.flops_before, stats.flops_after = ctrl.analysis.dense_flops, ctrl.current_flops
+        stats.params_before, stats.params_after = ctrl.analysis.dense_params, ctrl.current_params
+    return stats

@@ -1,0 +1,99 @@
+"""Physical removal of pruned channels, and NNCF's zeroed-filter export format.
+
+``strip`` slices every parameter and buffer along each dimension that a pruned channel space indexes,
+sets grouped convolutions' ``groups`` from the kept groups, and refreshes every module's width
+attributes, so the result is a smaller model of the same classes computing the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .adapters import refresh_attributes
+from .spaces import SpaceTable
+from .trace import ModelTrace
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    t = module._parameters.get(name)
+    return t if t is not None else module._buffers.get(name)
+
+
+def kept_indices(table: SpaceTable, labels, leaf_masks: dict[int, torch.Tensor]) -> list[torch.Tensor | None]:
+    """Per dimension: the kept positions, or None where everything is kept."""
+    out: list[torch.Tensor | None] = []
+    for lab in labels:
+        keep = table.label_mask(lab, leaf_masks)
+        out.append(None if bool(keep.all()) else keep.nonzero().squeeze(1))
+    return out
+
+
+@torch.no_grad()
+def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor]) -> nn.Module:
+    """Remove pruned channels from ``model`` in place and return it."""
+    T = trace.table
+    modules = dict(model.named_modules())
+    for name, labels in trace.param_labels.items():
+        module_name, _, attr = name.rpartition(".")
+        module = modules[module_name]
+        t = _tensor(module, attr)
+        if t is None:
+            continue
+        new = t.detach()
+        for d, idx in enumerate(kept_indices(T, labels, leaf_masks)):
+            if idx is not None:
+                new = new.index_select(d, idx.to(new.device))
+        if new is t:
+            continue
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(new.clone(), requires_grad=t.requires_grad)
+        else:
+            module._buffers[attr] = new.clone()
+    groups: dict[str, int] = {}
+    for conv in trace.convs:
+        if conv.groups_label is not None and conv.weight is not None:
+            groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
+    for name, module in reversed(modules.items()):  # children first: adapters read their widths
+        refresh_attributes(module, groups.get(name))
+    return model
+
+
+@torch.no_grad()
+def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor], inplace: bool = True) -> nn.Module:
+    """Zero pruned filters, their norm parameters and consuming weights, keeping shapes (NNCF export).
+
+    With ``inplace=False`` the affected parameters are replaced by zeroed copies instead of being
+    modified, so a model sharing its tensors with another (see :func:`shallow_copy`) leaves it intact.
+    """
+    T = trace.table
+    modules = dict(model.named_modules())
+    for name, labels in trace.param_labels.items():
+        module_name, _, attr = name.rpartition(".")
+        module = modules[module_name]
+        p = module._parameters.get(attr)
+        if p is None:
+            continue
+        mask = None
+        for d, lab in enumerate(labels):
+            keep = T.label_mask(lab, leaf_masks)
+            if not bool(keep.all()):
+                shape = [1] * p.dim()
+                shape[d] = -1
+                keep = keep.reshape(shape).to(device=p.device, dtype=p.dtype)
+                mask = keep if mask is None else mask * keep
+        if mask is None:
+            continue
+        if inplace:
+            p.mul_(mask)
+        else:
+            module._parameters[attr] = nn.Parameter(p * mask, requires_grad=p.requires_grad)
+    return model
+
+
+def shallow_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer tensor with ``model``."""
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
