@@ -15,12 +15,14 @@ from ..errors import PruningLevelError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy
 from ..graph.surgery import strip, zero_pruned
+from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
 from .masks import WeightMasker, remove_mask_hooks
 from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
 
 STRIP_FORMATS = ("native", "zeros")
+MAX_GLOBAL_GROUP_LEVEL = 0.9  # with all_weights, a group keeps at least 10% of its channels
 
 
 @dataclass
@@ -141,7 +143,7 @@ class FilterPruningController:
     def maximal_compression_rate(self) -> float:
         if not self.prune_flops:
             return 1.0
-        minimal = {g.space: self._kept_count(g, 1.0) / g.size for g in self._groups.values()}
+        minimal = {g.space: self._kept_count(g, 1.0 - 1e-9) / g.size for g in self._groups.values()}
         return 1.0 - self.analysis.flops_model.flops(minimal) / self.analysis.dense_flops
 
     @staticmethod
@@ -171,22 +173,26 @@ class FilterPruningController:
         return self._frozen
 
     def set_pruning_level(self, pruning_level: float | Mapping[int, float], run_batchnorm_adaptation: bool = False) -> None:
-        """Set a global level (filters, or FLOPs in FLOPs mode) or ``{group_id: level}``."""
+        """Set a global level (filters, or FLOPs in FLOPs mode) or ``{group_id: level}``.
+
+        Masks are recomputed from the current weights. With ``run_batchnorm_adaptation`` the BatchNorm
+        statistics are re-estimated afterwards on the controller's ``data_loader``.
+        """
         if self._frozen:
             return
+        scores = self._importance()
         if isinstance(pruning_level, Mapping):
             levels = self._validate_group_levels(pruning_level)
+            keep = {gid: self._kept_count(self._groups[gid], lv) for gid, lv in levels.items()}
             self._pruning_level = float(sum(levels.values()) / len(levels)) if levels else 0.0
         else:
             level = self._validate_level(pruning_level, "pruning_level")
-            levels = self._levels_for_flops(level) if self.prune_flops else {gid: level for gid in self._groups}
+            keep = self._plan_for_flops(level, scores) if self.prune_flops else self._plan(level, scores)
             self._pruning_level = level
-        self._group_levels.update(levels)
-        self._update_masks()
+        self._apply_plan(keep, scores)
         if run_batchnorm_adaptation:
-            from .bn_adaptation import adapt_batchnorm
-
-            adapt_batchnorm(self.model, self.data_loader, self.config.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
+            adapt_batchnorm(self.model, self.data_loader,
+                            self.config.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
 
     def statistics(self, quickly_collected_only: bool = False) -> PruningStatistics:
         return collect_statistics(self, quickly_collected_only)
@@ -279,6 +285,7 @@ class FilterPruningController:
 
     @staticmethod
     def _kept_count(group: PruningGroup, level: float) -> int:
+        """Channels a group keeps at ``level``: rounded up to its unit where the group is large enough."""
         n = group.size
         keep = max(1, n - math.floor(n * level + 1e-9))
         unit = group.unit
@@ -286,29 +293,48 @@ class FilterPruningController:
             keep = min(n, math.ceil(keep / unit) * unit)
         return keep
 
-    def _levels_for_flops(self, target: float) -> dict[int, float]:
-        """The smallest uniform filter level whose FLOPs reduction reaches ``target``."""
+    def _plan(self, level: float, scores: dict[int, torch.Tensor]) -> dict[int, int]:
+        """Kept channels per group for a global filter level (per group, or ranked globally)."""
+        if not self.config.params.all_weights or level == 0:
+            return {gid: self._kept_count(g, level) for gid, g in self._groups.items()}
+        # all_weights: one threshold over importance normalized within each group; a group is never
+        # pruned beyond MAX_GLOBAL_GROUP_LEVEL, so no layer is ever emptied.
+        normalized = {gid: s / (s.mean() + 1e-12) for gid, s in scores.items()}
+        everything = torch.cat([normalized[gid] for gid in self._groups])
+        n_pruned = math.floor(level * everything.numel() + 1e-9)
+        if n_pruned == 0:
+            return {gid: g.size for gid, g in self._groups.items()}
+        threshold = torch.kthvalue(everything, n_pruned).values
+        return {
+            gid: self._kept_count(g, min(int((normalized[gid] <= threshold).sum()) / g.size, MAX_GLOBAL_GROUP_LEVEL))
+            for gid, g in self._groups.items()
+        }
+
+    def _plan_for_flops(self, target: float, scores: dict[int, torch.Tensor]) -> dict[int, int]:
+        """The plan of the smallest level whose FLOPs reduction reaches ``target`` (bisection)."""
         fm, dense = self.analysis.flops_model, self.analysis.dense_flops
 
-        def reduction(level: float) -> float:
-            kept = {g.space: self._kept_count(g, level) / g.size for g in self._groups.values()}
+        def reduction(plan: dict[int, int]) -> float:
+            kept = {self._groups[gid].space: k / self._groups[gid].size for gid, k in plan.items()}
             return 1.0 - fm.flops(kept) / dense
 
         if target == 0:
-            return {gid: 0.0 for gid in self._groups}
+            return self._plan(0.0, scores)
         hi = 1.0 - 1e-9
-        if reduction(hi) < target:
+        best = self._plan(hi, scores)
+        if reduction(best) < target:
             raise PruningLevelError(
-                f"pruning_flops_target {target:.3f} is unreachable: pruning every prunable group to its minimum "
-                f"removes {reduction(hi):.3f} of the FLOPs (see maximal_compression_rate)")
+                f"pruning_flops_target {target:.3f} is unreachable: the most this model can be pruned removes "
+                f"{reduction(best):.3f} of its FLOPs (see maximal_compression_rate)")
         lo = 0.0
-        for _ in range(40):
+        for _ in range(30):
             mid = (lo + hi) / 2
-            if reduction(mid) >= target:
-                hi = mid
+            plan = self._plan(mid, scores)
+            if reduction(plan) >= target:
+                hi, best = mid, plan
             else:
                 lo = mid
-        return {gid: hi for gid in self._groups}
+        return best
 
     def _producer_coords(self) -> dict[int, list[tuple[str, int, torch.Tensor]]]:
         T, labels = self.analysis.trace.table, self.analysis.trace.param_labels
@@ -318,19 +344,20 @@ class FilterPruningController:
         }
 
     @torch.no_grad()
-    def _update_masks(self) -> None:
+    def _importance(self) -> dict[int, torch.Tensor]:
         params = dict(self.model.named_parameters())
-        for gid, level in self._group_levels.items():
+        return {
+            gid: group_importance([(params[p], d, c) for p, d, c in self._coords[gid]], g.size, self._criterion)
+            for gid, g in self._groups.items()
+        }
+
+    def _apply_plan(self, keep: dict[int, int], scores: dict[int, torch.Tensor]) -> None:
+        for gid, k in keep.items():
             g = self._groups[gid]
-            keep = self._kept_count(g, level)
-            if keep >= g.size:
-                self._masks[gid] = torch.ones(g.size, dtype=torch.bool)
-                continue
-            producers = [(params[p], d, c) for p, d, c in self._coords[gid]]
-            scores = group_importance(producers, g.size, self._criterion)
             mask = torch.zeros(g.size, dtype=torch.bool)
-            mask[torch.topk(scores, keep, largest=self._criterion != "geometric_median" or True).indices] = True
+            mask[torch.topk(scores[gid], k).indices] = True
             self._masks[gid] = mask
+            self._group_levels[gid] = 1.0 - k / g.size
         self._install_masks()
 
     def _install_masks(self) -> None:

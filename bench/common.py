@@ -1,0 +1,143 @@
+"""Shared helpers of the benchmark scripts: timing, command-line options and result files."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+if str(ROOT) not in sys.path:  # scripts run as `python bench/<script>.py` from the repo root
+    sys.path.insert(0, str(ROOT))
+
+Timer = Callable[[], dict[str, float]]
+"""Runs something once and returns named durations in seconds."""
+Column = tuple[str, str, str]
+"""(row key, markdown header, format spec); a spec of '' means ``str``."""
+
+
+def timed(name: str, fn: Callable[[], Any]) -> Timer:
+    """A timer measuring one call of ``fn`` as ``name``."""
+
+    def run() -> dict[str, float]:
+        start = time.perf_counter()
+        fn()
+        return {name: time.perf_counter() - start}
+
+    return run
+
+
+def alternate(timers: Sequence[Timer], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Samples of every timer over ``repeats`` rounds after ``warmup`` rounds.
+
+    The timers run round-robin, starting one later each round, so load from other processes and
+    drift hit all of them alike.
+    """
+    samples: dict[str, list[float]] = {}
+    for i in range(warmup + repeats):
+        k = i % len(timers)
+        for timer in [*timers[k:], *timers[:k]]:
+            for name, seconds in timer().items():
+                if i >= warmup:
+                    samples.setdefault(name, []).append(seconds)
+    return samples
+
+
+def medians(samples: Mapping[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of one call of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    return statistics.median(alternate([timed("t", fn)], repeats, warmup)["t"])
+
+
+def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
+    """A randomly initialised timm model (no download), with torch set to ``threads`` threads."""
+    import timm
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False)
+
+
+def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
+               quick_repeats: int) -> argparse.Namespace:
+    """``--models``, ``--repeats`` and ``--quick`` (which picks the quick defaults of the other two)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", nargs="+", help=f"timm model names (default: {' '.join(models)}; "
+                                                     f"--quick: {' '.join(quick_models)})")
+    parser.add_argument("--repeats", type=int, help=f"timed repeats (default {repeats}; --quick: {quick_repeats})")
+    parser.add_argument("--quick", action="store_true", help="fewer models and repeats")
+    args = parser.parse_args()
+    args.models = args.models or list(quick_models if args.quick else models)
+    args.repeats = args.repeats or (quick_repeats if args.quick else repeats)
+    return args
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded with every result."""
+    import timm
+    import torch
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "argv": sys.argv[1:],
+    }
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, fmt) if fmt else str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(k), f) for k, _, f in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_results(name: str, rows: list[dict[str, Any]], columns: Sequence[Column], meta: dict[str, Any],
+                  notes: Sequence[str] = ()) -> Path:
+    """Write ``bench/results/<name>.json`` (rows, meta and environment) and ``<name>.md`` (titled
+    ``meta["title"]``, a table with the notes below it), each atomically; returns the markdown path."""
+    meta = {**environment(), **meta}
+    _write_atomic(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    env = (f"torch {meta['torch']}, timm {meta['timm']}, {meta['threads']} threads, "
+           f"{meta['processor']} ({meta['cpu_count']} CPUs), load average {meta['load_average']}, {meta['date']}")
+    text = "\n\n".join([f"# {meta.get('title', name)}", markdown_table(rows, columns), *notes, f"_{env}_"]) + "\n"
+    md = RESULTS / f"{name}.md"
+    _write_atomic(md, text)
+    return md

@@ -1,0 +1,59 @@
+"""The architecture matrix every structural test runs over (random init, no downloads)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import timm
+import torch
+from transformers import (
+    ConvNextConfig, ConvNextForImageClassification, EfficientNetConfig, EfficientNetForImageClassification,
+    MobileNetV2Config, MobileNetV2ForImageClassification, RegNetConfig, RegNetForImageClassification,
+    ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification,
+)
+
+TIMM_MODELS = [
+    "resnet18", "resnet50", "resnext50_32x4d", "seresnext26d_32x4d", "mobilenetv2_100", "mobilenetv3_large_100",
+    "efficientnet_b0", "regnety_004", "densenet121", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+]
+TIMM_TEST_MODELS = [n for n in timm.list_models("test_*")]
+
+HF_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "hf_resnet": lambda: ResNetForImageClassification(ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], layer_type="bottleneck", num_labels=10)),
+    "hf_convnext": lambda: ConvNextForImageClassification(ConvNextConfig(
+        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10)),
+    "hf_vit": lambda: ViTForImageClassification(ViTConfig(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_labels=10)),
+    "hf_mobilenet_v2": lambda: MobileNetV2ForImageClassification(MobileNetV2Config(
+        image_size=64, depth_multiplier=0.35, num_labels=10)),
+    "hf_regnet": lambda: RegNetForImageClassification(RegNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], groups_width=8, num_labels=10)),
+    "hf_efficientnet": lambda: EfficientNetForImageClassification(EfficientNetConfig(
+        image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320, num_labels=10)),
+}
+
+ALL_MODELS = TIMM_MODELS + TIMM_TEST_MODELS + list(HF_MODELS)
+
+
+def build(name: str) -> tuple[torch.nn.Module, Any, Callable[[torch.nn.Module, Any], torch.Tensor]]:
+    """(model in eval mode, example inputs of batch 2, a function returning the logits)."""
+    if name in HF_MODELS:
+        model = HF_MODELS[name]().eval()
+        size = getattr(model.config, "image_size", 64)
+        inputs = {"pixel_values": torch.randn(2, 3, size, size)}
+        return model, inputs, lambda m, x: m(**x).logits
+    kwargs: dict[str, Any] = {"num_classes": 10}
+    if name.startswith(("vit_", "deit_")):
+        kwargs["img_size"] = 64
+    model = timm.create_model(name, **kwargs).eval()
+    size = model.pretrained_cfg["input_size"][1:] if name.startswith("test_") else (64, 64)
+    return model, torch.randn(2, 3, *size), lambda m, x: m(x)
+
+
+def first(inputs: Any) -> Any:
+    """Batch-1 slice of example inputs (what analysis traces with)."""
+    if isinstance(inputs, dict):
+        return {k: v[:1] for k, v in inputs.items()}
+    return inputs[:1]
