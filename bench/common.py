@@ -73,16 +73,22 @@ def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
 
 def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
                quick_repeats: int) -> argparse.Namespace:
-    """``--models``, ``--repeats`` and ``--quick`` (which picks the quick defaults of the other two)."""
+    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", nargs="+", help=f"timm model names (default: {' '.join(models)}; "
                                                      f"--quick: {' '.join(quick_models)})")
     parser.add_argument("--repeats", type=int, help=f"timed repeats (default {repeats}; --quick: {quick_repeats})")
     parser.add_argument("--quick", action="store_true", help="fewer models and repeats")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args()
     args.models = args.models or list(quick_models if args.quick else models)
     args.repeats = args.repeats or (quick_repeats if args.quick else repeats)
     return args
+
+
+def result_name(base: str, args: argparse.Namespace) -> str:
+    """``base``, suffixed ``_quick`` and ``_<n>t`` for quick runs and non-default thread counts."""
+    return base + ("_quick" if args.quick else "") + (f"_{args.threads}t" if args.threads != 2 else "")
 
 
 def environment() -> dict[str, Any]:

@@ -20,7 +20,7 @@ TIMM_TEST_MODELS = [n for n in timm.list_models("test_*")]
 
 HF_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "hf_resnet": lambda: ResNetForImageClassification(ResNetConfig(
-        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], layer_type="bottleneck", num_labels=10)),
+        embedding_size=16, hidden_sizes=[64, 128, 256, 512], depths=[1, 1, 2, 1], layer_type="bottleneck", num_labels=10)),
     "hf_convnext": lambda: ConvNextForImageClassification(ConvNextConfig(
         hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10)),
     "hf_vit": lambda: ViTForImageClassification(ViTConfig(

@@ -1,0 +1,154 @@
+"""The ``hf-prune`` command line.
+
+Each subcommand is one ``_add_<name>`` function that registers its parser and sets ``run`` to a
+``(args) -> exit code`` handler. Errors hf_prune raises on purpose (and invalid configs, missing
+files) print ``error: <message>`` to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import PruningConfig, PruningConfigError
+from ..errors import HfPruneError
+from ..graph.analysis import ModelAnalysis, analyze_model
+from ..graph.groups import PruningGroup, PruningPolicy
+from .models import load_model
+
+__all__ = ["build_parser", "main"]
+
+REASONS_WIDTH = 160
+"""Characters of joined reasons shown per table row before the rest is summarised as ``(+N more)``."""
+PIPE_WIDTH = 200
+"""Console width when stdout is not a terminal (rich would use 80 and wrap the reasons)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-prune`` parser, one subparser per command."""
+    parser = argparse.ArgumentParser(prog="hf-prune", description="NNCF-style filter pruning for timm and Hugging Face vision models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_analyze(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hf-prune`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (HfPruneError, PruningConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments naming a model (see :func:`hf_prune.app.models.load_model`)."""
+    parser.add_argument("model", metavar="MODEL",
+                        help="timm name (timm/NAME, timm:NAME or NAME), local timm/transformers directory, "
+                             "or Hub id (hf:ID or ORG/NAME)")
+    parser.add_argument("--image-size", type=int, metavar="N", help="input height and width (default: model's)")
+    parser.add_argument("--num-classes", type=int, metavar="N", help="replace the classifier head")
+    parser.add_argument("--pretrained", action="store_true", help="load pretrained timm / Hub weights")
+
+
+def _add_analyze(commands: Any) -> None:
+    parser = commands.add_parser("analyze", help="show a model's pruning groups and why layers are not prunable",
+                                 description="Trace MODEL once and show its pruning groups, their FLOPs share, "
+                                             "and the reason every unprunable layer is excluded.")
+    _add_model_args(parser)
+    parser.add_argument("--config", metavar="FILE", help="pruning config (YAML or JSON) whose structural options "
+                                                         "and scopes apply")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip proving each group strippable on the example inputs")
+    parser.add_argument("--json", action="store_true", help="print the analysis as JSON, nothing else")
+    parser.add_argument("--all", action="store_true", help="also list unprunable groups")
+    parser.set_defaults(run=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    policy = PruningPolicy.from_config(PruningConfig.from_file(args.config)) if args.config else None
+    model, inputs = load_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained,
+                               image_size=args.image_size)
+    start = time.perf_counter()
+    analysis = analyze_model(model, inputs, policy=policy, verify=args.verify)
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps(analysis.to_dict() | {"analysis_seconds": seconds}, indent=2))
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+    console.print(_summary(analysis, args.model, seconds))
+    groups = analysis.groups if args.all else analysis.prunable_groups
+    console.print(_groups_table(groups, analysis.dense_flops, show_reasons=args.all))
+    if analysis.unprunable_layers:
+        console.print(_layers_table(analysis.unprunable_layers))
+    return 0
+
+
+def _summary(analysis: ModelAnalysis, spec: str, seconds: float) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rows = {
+        "Model": f"{escape(spec)} ({analysis.model_class})",
+        "FLOPs": f"{analysis.dense_flops / 1e9:.3f} G",
+        "Params": f"{analysis.dense_params / 1e6:.2f} M",
+        "Groups": f"{len(analysis.groups)} ({len(analysis.prunable_groups)} prunable)",
+        "Analysis": f"{seconds:.2f} s",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    return table
+
+
+def _groups_table(groups: list[PruningGroup], dense_flops: float, show_reasons: bool) -> Table:
+    table = Table(title="Pruning groups" if show_reasons else "Prunable groups", title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("channels", justify="right")
+    table.add_column("producers")
+    table.add_column("consumers", justify="right")
+    table.add_column("FLOPs share", justify="right")
+    if show_reasons:
+        table.add_column("not prunable because")
+    for g in groups:
+        producers = ", ".join(g.producers[:3]) + (f" +{len(g.producers) - 3} more" if len(g.producers) > 3 else "")
+        row = [str(g.id), str(g.size), escape(producers), str(len(g.consumers)),
+               f"{g.flops / (dense_flops or 1.0):.1%}"]
+        if show_reasons:
+            row.append(escape(_join_reasons(g.reasons)))
+        table.add_row(*row)
+    return table
+
+
+def _layers_table(layers: dict[str, list[str]]) -> Table:
+    table = Table(title="Unprunable layers", title_justify="left")
+    table.add_column("layer")
+    table.add_column("reasons")
+    for name, reasons in layers.items():
+        table.add_row(escape(name), escape(_join_reasons(reasons)))
+    return table
+
+
+def _join_reasons(reasons: list[str], width: int = REASONS_WIDTH) -> str:
+    """Reasons joined with ``"; "``; whole reasons beyond ``width`` characters become ``… (+N more)``."""
+    text = "; ".join(reasons)
+    if len(text) <= width:
+        return text
+    kept = 1
+    while len("; ".join(reasons[:kept + 1])) <= width:
+        kept += 1
+    shown = "; ".join(reasons[:kept])[:width]
+    rest = len(reasons) - kept
+    return f"{shown}… (+{rest} more)" if rest else f"{shown}…"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
