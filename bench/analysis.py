@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from common import Column, alternate, medians, parse_args, result_name, timed, timm_model, write_results
+from common import Column, alternate, medians, parse_args, run_benchmark, timed, timm_model
 
 import torch
 
@@ -70,15 +70,8 @@ def bench_model(name: str, repeats: int, threads: int) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], MODELS, QUICK_MODELS, repeats=3, quick_repeats=2)
-    rows = []
-    for name in args.models:
-        rows.append(bench_model(name, args.repeats, args.threads))
-        print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
-    meta = {"title": "hf_prune analysis time", "repeats": args.repeats, "quick": args.quick,
-            "input": [1, 3, 224, 224]}
-    md = write_results(result_name("analysis", args), rows, COLUMNS, meta, NOTES)
-    print(md.read_text())
-
+    run_benchmark("analysis", args, lambda name: bench_model(name, args.repeats, args.threads), COLUMNS,
+                  {"title": "hf_prune analysis time", "input": [1, 3, 224, 224]}, NOTES)
 
 if __name__ == "__main__":
     main()

@@ -147,3 +147,14 @@ def write_results(name: str, rows: list[dict[str, Any]], columns: Sequence[Colum
     md = RESULTS / f"{name}.md"
     _write_atomic(md, text)
     return md
+
+
+def run_benchmark(base: str, args: argparse.Namespace, bench: Callable[[str], dict[str, Any]],
+                  columns: Sequence[Column], meta: dict[str, Any], notes: Sequence[str] = ()) -> None:
+    """Run ``bench`` on every model of ``args``, printing each row, then write and print the results."""
+    rows = []
+    for name in args.models:
+        rows.append(bench(name))
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    meta = {**meta, "models": args.models, "repeats": args.repeats, "quick": args.quick}
+    print(write_results(result_name(base, args), rows, columns, meta, notes).read_text())

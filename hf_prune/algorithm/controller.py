@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -355,7 +356,7 @@ class FilterPruningController:
         for gid, k in keep.items():
             g = self._groups[gid]
             mask = torch.zeros(g.size, dtype=torch.bool)
-            mask[torch.topk(scores[gid], k).indices] = True
+            mask[torch.topk(scores[gid], k).indices] = True  # keep the most important (GM: farthest from median)
             self._masks[gid] = mask
             self._group_levels[gid] = 1.0 - k / g.size
         self._install_masks()
@@ -401,6 +402,10 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
     elif not isinstance(config, PruningConfig):
         raise TypeError(f"config must be a PruningConfig or a dict, got {type(config).__name__}")
     analysis = analyze_model(model, example_inputs, PruningPolicy.from_config(config))
+    if not analysis.prunable_groups:
+        reasons = "; ".join(f"{layer}: {why[0]}" for layer, why in list(analysis.unprunable_layers.items())[:5])
+        warnings.warn(f"{type(model).__name__} has nothing prunable; the controller will leave it unchanged "
+                      f"({reasons or 'no conv/linear layer found'})", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader
     return controller

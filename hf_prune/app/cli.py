@@ -99,7 +99,7 @@ def _summary(analysis: ModelAnalysis, spec: str, seconds: float) -> Table:
     table.add_column()
     rows = {
         "Model": f"{escape(spec)} ({analysis.model_class})",
-        "FLOPs": f"{analysis.dense_flops / 1e9:.3f} G",
+        "FLOPs": f"{analysis.dense_flops / 1e9:.3f} GFLOPs",
         "Params": f"{analysis.dense_params / 1e6:.2f} M",
         "Groups": f"{len(analysis.groups)} ({len(analysis.prunable_groups)} prunable)",
         "Analysis": f"{seconds:.2f} s",

@@ -134,6 +134,7 @@ class _Tracer(TorchDispatchMode):
         self.infos: dict[int, TensorInfo] = {}
         self.keep: list[torch.Tensor] = []  # keeps traced tensors alive so ids stay unique
         self.named: dict[int, str] = {}
+        self.classes = {n: type(m).__name__ for n, m in model.named_modules()}
         for name, p in model.named_parameters(remove_duplicate=True):
             self.named.setdefault(id(p), name)
         for name, b in model.named_buffers(remove_duplicate=True):
@@ -146,6 +147,7 @@ class _Tracer(TorchDispatchMode):
         self.computed_weights: dict[str, str] = {}
         self.stack: list[str] = [""]
         self.last_op = ""
+        self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
         self.num_ops = 0
         self.rules: dict[Any, Callable] = {
             aten.convolution: self._conv, aten.mm: self._mm, aten.addmm: self._mm, aten.bmm: self._mm,
@@ -166,6 +168,9 @@ class _Tracer(TorchDispatchMode):
     @property
     def module(self) -> str:
         return self.stack[-1]
+
+    def module_class(self, name: str) -> str:
+        return self.classes.get(name, "?")
 
     def where(self, op: str) -> str:
         return f"{op} in {self.module or '<model>'}"
@@ -205,9 +210,13 @@ class _Tracer(TorchDispatchMode):
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         packet = func.overloadpacket
         self.last_op = f"aten.{packet.__name__}"
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            self.failed_at = self.failed_at or (self.module, self.last_op)
+            raise
         self.num_ops += 1
         flat_args = tree_flatten((args, kwargs))[0]
         ins = _tensors(flat_args)
@@ -636,9 +645,10 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         except AnalysisError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with context
+            module, op = tracer.failed_at or (tracer.module, tracer.last_op)
             raise AnalysisError(
                 f"Tracing {type(model).__name__} on example inputs of shape {_shapes(example_inputs)} failed "
-                f"in module '{tracer.module or '<model>'}' at op {tracer.last_op or '<none>'}: "
+                f"in module '{module or '<model>'}' ({tracer.module_class(module)}) at op {op or '<none>'}: "
                 f"{type(e).__name__}: {e}"
             ) from e
         outputs = _tensors(tree_flatten(output if not hasattr(output, "to_tuple") else output.to_tuple())[0])
