@@ -73,5 +73,6 @@ def main() -> None:
     run_benchmark("analysis", args, lambda name: bench_model(name, args.repeats, args.threads), COLUMNS,
                   {"title": "hf_prune analysis time", "input": [1, 3, 224, 224]}, NOTES)
 
+
 if __name__ == "__main__":
     main()

@@ -78,5 +78,6 @@ def main() -> None:
     meta = {"title": "hf_prune mask overhead in training", "level": LEVEL, "batch": BATCH, "warmup": WARMUP}
     run_benchmark("overhead", args, lambda name: bench_model(name, args.repeats, args.threads), COLUMNS, meta, NOTES)
 
+
 if __name__ == "__main__":
     main()

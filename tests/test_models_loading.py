@@ -120,6 +120,11 @@ def test_unknown_name_suggests_timm_names(spec: str) -> None:
     assert isinstance(info.value, HfPruneError) and repr(spec) in str(info.value)
 
 
+def test_timm_pretrained_offline(offline: None) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load pretrained weights of timm model 'test_resnet'"):
+        load_model("timm/test_resnet", pretrained=True)
+
+
 @pytest.mark.parametrize("spec", ["someorg/resnet_50", "hf:someorg/resnet_50"])
 def test_hub_id_offline(offline: None, spec: str) -> None:
     with pytest.raises(ModelLoadError) as info:

@@ -401,6 +401,7 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         config = PruningConfig.from_dict(config)
     elif not isinstance(config, PruningConfig):
         raise TypeError(f"config must be a PruningConfig or a dict, got {type(config).__name__}")
+    remove_mask_hooks(model)  # a model has one controller: a new one replaces the previous one's masks
     analysis = analyze_model(model, example_inputs, PruningPolicy.from_config(config))
     if not analysis.prunable_groups:
         reasons = "; ".join(f"{layer}: {why[0]}" for layer, why in list(analysis.unprunable_layers.items())[:5])

@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,7 +33,8 @@ PIPE_WIDTH = 200
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hf-prune`` parser, one subparser per command."""
-    parser = argparse.ArgumentParser(prog="hf-prune", description="NNCF-style filter pruning for timm and Hugging Face vision models.")
+    parser = argparse.ArgumentParser(
+        prog="hf-prune", description="NNCF-style filter pruning for timm and Hugging Face vision models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_analyze(commands)
     return parser
@@ -60,7 +60,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", action="store_true", help="load pretrained timm / Hub weights")
 
 
-def _add_analyze(commands: Any) -> None:
+def _add_analyze(commands: argparse._SubParsersAction) -> None:
+    """Register ``analyze MODEL``."""
     parser = commands.add_parser("analyze", help="show a model's pruning groups and why layers are not prunable",
                                  description="Trace MODEL once and show its pruning groups, their FLOPs share, "
                                              "and the reason every unprunable layer is excluded.")
@@ -75,6 +76,7 @@ def _add_analyze(commands: Any) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    """Load the model, analyse it, print a report (or JSON)."""
     policy = PruningPolicy.from_config(PruningConfig.from_file(args.config)) if args.config else None
     model, inputs = load_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained,
                                image_size=args.image_size)
@@ -94,6 +96,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _summary(analysis: ModelAnalysis, spec: str, seconds: float) -> Table:
+    """Model, size, group counts and analysis time, one per line."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -110,6 +113,7 @@ def _summary(analysis: ModelAnalysis, spec: str, seconds: float) -> Table:
 
 
 def _groups_table(groups: list[PruningGroup], dense_flops: float, show_reasons: bool) -> Table:
+    """One row per group; its FLOPs share is what removing the whole group would save."""
     table = Table(title="Pruning groups" if show_reasons else "Prunable groups", title_justify="left")
     table.add_column("id", justify="right")
     table.add_column("channels", justify="right")
@@ -129,6 +133,7 @@ def _groups_table(groups: list[PruningGroup], dense_flops: float, show_reasons: 
 
 
 def _layers_table(layers: dict[str, list[str]]) -> Table:
+    """Every layer none of whose output channels can be pruned, with the reasons."""
     table = Table(title="Unprunable layers", title_justify="left")
     table.add_column("layer")
     table.add_column("reasons")

@@ -116,7 +116,11 @@ def _create_timm(name: str, fixed_input_size: bool, num_classes: int | None, pre
         kwargs["num_classes"] = num_classes
     if image_size is not None and fixed_input_size:
         kwargs["img_size"] = image_size
-    model = timm.create_model(name, pretrained=pretrained, **kwargs).eval()
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs).eval()
+    except OSError as exc:  # weights not downloadable (offline, unknown tag) or unreadable
+        reason = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(f"cannot load pretrained weights of timm model {name!r}: {reason}") from exc
     channels, *size = model.pretrained_cfg.get("input_size") or DEFAULT_INPUT_SIZE
     if image_size is not None:
         size = [image_size, image_size]
