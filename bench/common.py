@@ -56,6 +56,11 @@ def medians(samples: Mapping[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def minima(samples: Mapping[str, list[float]], suffix: str = "_min") -> dict[str, float]:
+    """``{name + suffix: minimum}``: the least disturbed run when other processes compete for the CPU."""
+    return {name + suffix: min(values) for name, values in samples.items()}
+
+
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median seconds of one call of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
     return statistics.median(alternate([timed("t", fn)], repeats, warmup)["t"])
@@ -81,6 +86,7 @@ def parse_args(description: str, models: Sequence[str], quick_models: Sequence[s
     parser.add_argument("--quick", action="store_true", help="fewer models and repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args()
+    args.load_average_start = [round(x, 2) for x in os.getloadavg()]
     args.models = args.models or list(quick_models if args.quick else models)
     args.repeats = args.repeats or (quick_repeats if args.quick else repeats)
     return args
@@ -141,20 +147,18 @@ def write_results(name: str, rows: list[dict[str, Any]], columns: Sequence[Colum
     ``meta["title"]``, a table with the notes below it), each atomically; returns the markdown path."""
     meta = {**environment(), **meta}
     _write_atomic(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    env = (f"torch {meta['torch']}, timm {meta['timm']}, {meta['threads']} threads, "
-           f"{meta['processor']} ({meta['cpu_count']} CPUs), load average {meta['load_average']}, {meta['date']}")
+    load = [meta[k] for k in ("load_average_start", "load_average") if k in meta]
+    env = (f"torch {meta['torch']}, timm {meta['timm']}, {meta['threads']} threads, {meta['processor']} "
+           f"({meta['cpu_count']} CPUs), load average {' → '.join(map(str, load))}, {meta['date']}")
     text = "\n\n".join([f"# {meta.get('title', name)}", markdown_table(rows, columns), *notes, f"_{env}_"]) + "\n"
     md = RESULTS / f"{name}.md"
     _write_atomic(md, text)
     return md
 
 
-def run_benchmark(base: str, args: argparse.Namespace, bench: Callable[[str], dict[str, Any]],
-                  columns: Sequence[Column], meta: dict[str, Any], notes: Sequence[str] = ()) -> None:
-    """Run ``bench`` on every model of ``args``, printing each row, then write and print the results."""
-    rows = []
-    for name in args.models:
-        rows.append(bench(name))
-        print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
-    meta = {**meta, "models": args.models, "repeats": args.repeats, "quick": args.quick}
+def report(base: str, args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[Column],
+           meta: dict[str, Any], notes: Sequence[str] = ()) -> None:
+    """Write the results of a run with options ``args`` (see :func:`write_results`) and print the table."""
+    meta = {**meta, "models": args.models, "repeats": args.repeats, "quick": args.quick,
+            "load_average_start": args.load_average_start}
     print(write_results(result_name(base, args), rows, columns, meta, notes).read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable
 
 import torch
@@ -11,15 +12,31 @@ from torch import nn
 from ..errors import HfPruneError
 
 
-def _batch_inputs(batch: Any) -> tuple[Any, int]:
-    """The model inputs of a batch (tensor, (inputs, labels) or a dict) and its size."""
+def _accepts_kwarg(model: nn.Module, name: str) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def run_on_batch(model: nn.Module, batch: Any, device: torch.device) -> Any:
+    """Call ``model`` on a batch: a tensor, ``(inputs, labels)``, or a dict such as
+    ``{"pixel_values": ..., "labels": ...}`` (passed by keyword where the model accepts it)."""
     if isinstance(batch, dict):
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "label")}
-        first = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
-        return inputs, first.shape[0]
+        inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label") and isinstance(v, torch.Tensor)}
+        if all(_accepts_kwarg(model, k) for k in inputs):
+            return model(**inputs)
+        return model(*inputs.values())
     if isinstance(batch, (tuple, list)):
-        return batch[0], batch[0].shape[0]
-    return batch, batch.shape[0]
+        return model(batch[0].to(device))
+    return model(batch.to(device))
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+    return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
 
 
 @torch.no_grad()
@@ -44,12 +61,8 @@ def adapt_batchnorm(model: nn.Module, data_loader: Iterable[Any] | None, num_sam
     seen = 0
     try:
         for batch in data_loader:
-            inputs, n = _batch_inputs(batch)
-            if isinstance(inputs, dict):
-                model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
-            else:
-                model(inputs.to(device))
-            seen += n
+            run_on_batch(model, batch, device)
+            seen += _batch_size(batch)
             if seen >= num_samples:
                 break
     finally:

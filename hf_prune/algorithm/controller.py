@@ -335,6 +335,16 @@ class FilterPruningController:
                 hi, best = mid, plan
             else:
                 lo = mid
+        # Rounding makes the reduction jump in steps: give channels back, finest steps first, while
+        # the target still holds, so the reduction lands just above it rather than a step beyond.
+        budget = (1.0 - target) * dense
+        tracker = fm.tracker({self._groups[gid].space: k / self._groups[gid].size for gid, k in best.items()})
+        for gid in sorted(best, key=lambda g: self._groups[g].flops / self._groups[g].size):
+            g = self._groups[gid]
+            step = g.unit if g.size > g.unit else 1
+            while best[gid] + step <= g.size and tracker.total_if(g.space, (best[gid] + step) / g.size) <= budget:
+                best[gid] += step
+                tracker.set(g.space, best[gid] / g.size)
         return best
 
     def _producer_coords(self) -> dict[int, list[tuple[str, int, torch.Tensor]]]:
