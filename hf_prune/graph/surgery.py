@@ -97,3 +97,45 @@ def shallow_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree that shares every parameter and buffer tensor with ``model``."""
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return copy.deepcopy(model, memo)
+
+
+def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
+    """What a reload needs to rebuild a stripped model from its dense definition.
+
+    Lists the shape of every parameter/buffer that differs from ``reference`` (the dense model; all
+    of them when None) and the ``groups`` of every grouped convolution.
+    """
+    ref = dict(reference.state_dict()) if reference is not None else {}
+    shapes = {
+        name: list(t.shape) for name, t in model.state_dict().items()
+        if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
+    }
+    groups = {name: m.groups for name, m in model.named_modules()
+              if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
+    return {"shapes": shapes, "conv_groups": groups}
+
+
+@torch.no_grad()
+def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
+    """Narrow a freshly built dense model to a :func:`shape_spec` (values are placeholders, to be
+    overwritten by loading the stripped weights); refreshes module attributes like ``strip``."""
+    modules = dict(model.named_modules())
+    for name, shape in spec["shapes"].items():
+        module_name, _, attr = name.rpartition(".")
+        module = modules.get(module_name)
+        t = _tensor(module, attr) if module is not None else None
+        if t is None:
+            raise KeyError(f"{name}: recorded in the shape spec but not a parameter or buffer of {type(model).__name__}")
+        if len(shape) != t.dim() or any(n > m for n, m in zip(shape, t.shape)):
+            raise ValueError(f"{name}: recorded shape {tuple(shape)} does not fit the model's {tuple(t.shape)}")
+        new = t
+        for d, n in enumerate(shape):
+            new = new.narrow(d, 0, n)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(new.clone(), requires_grad=t.requires_grad)
+        else:
+            module._buffers[attr] = new.clone()
+    groups = spec.get("conv_groups", {})
+    for name, module in reversed(modules.items()):
+        refresh_attributes(module, groups.get(name))
+    return model
