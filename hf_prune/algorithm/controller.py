@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..config import PruningConfig
@@ -19,6 +20,9 @@ from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
 from .masks import WeightMasker, remove_mask_hooks
+from .ranking import (
+    RankingCoefficients, RankingCoefficientsError, RewardFn, TrainFn, learn_ranking_coefficients,
+)
 from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
 
@@ -102,6 +106,11 @@ class FilterPruningController:
             for g in self._groups.values() for m in g.members if m.role == "out"
         ]
         self._loss = CompressionLoss(self, config.params.regularization_weight)
+        self.ranking: RankingCoefficients | None = None
+        if config.params.interlayer_ranking_type == "learned_ranking":
+            signature = {gid: g.size for gid, g in self._groups.items()}
+            path = config.params.load_ranking_coeffs_path
+            self.ranking = RankingCoefficients.load(path, signature) if path else RankingCoefficients.identity(signature)
         params = config.params
         self._scheduler: PruningScheduler = SCHEDULERS[params.schedule](
             self, self.pruning_init, self.target_level, params.num_init_steps, params.pruning_steps)
@@ -195,6 +204,28 @@ class FilterPruningController:
             adapt_batchnorm(self.model, self.data_loader,
                             self.config.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
 
+    def set_ranking_coefficients(self, coefficients: RankingCoefficients) -> None:
+        """Use LeGR coefficients for global ranking from the next level change on."""
+        expected = {gid: g.size for gid, g in self._groups.items()}
+        if coefficients.signature != expected:
+            raise RankingCoefficientsError("ranking coefficients were learned for different pruning groups")
+        self.ranking = coefficients
+
+    def learn_ranking(self, train_fn: TrainFn, reward_fn: RewardFn, show_progress: bool = True) -> RankingCoefficients:
+        """Run the LeGR search (``legr_params``), adopt the best coefficients and save them to
+        ``save_ranking_coeffs_path`` if configured (main process only). See :mod:`.ranking`."""
+        was_frozen, self._frozen = self._frozen, False
+        try:
+            best = learn_ranking_coefficients(self, train_fn, reward_fn, self.config.params.legr_params,
+                                              show_progress=show_progress)
+        finally:
+            self._frozen = was_frozen
+        self.set_ranking_coefficients(best)
+        path = self.config.params.save_ranking_coeffs_path
+        if path and (not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0):
+            best.save(path)
+        return best
+
     def statistics(self, quickly_collected_only: bool = False) -> PruningStatistics:
         return collect_statistics(self, quickly_collected_only)
 
@@ -225,6 +256,7 @@ class FilterPruningController:
             "frozen": self._frozen,
             "scheduler": self._scheduler.state_dict(),
             "scheduler_disabled": isinstance(self._scheduler, StubScheduler),
+            "ranking": {gid: list(ab) for gid, ab in self.ranking.coefficients.items()} if self.ranking else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -238,6 +270,9 @@ class FilterPruningController:
         if state.get("scheduler_disabled"):
             self.disable_scheduler()
         self._scheduler.load_state_dict(state["scheduler"])
+        if state.get("ranking") is not None:
+            coefficients = {int(g): (float(a), float(b)) for g, (a, b) in state["ranking"].items()}
+            self.set_ranking_coefficients(RankingCoefficients(coefficients, {g: self._groups[g].size for g in coefficients}))
         self._install_masks()
 
     # ------------------------------------------------------------------ internals
@@ -296,18 +331,22 @@ class FilterPruningController:
 
     def _plan(self, level: float, scores: dict[int, torch.Tensor]) -> dict[int, int]:
         """Kept channels per group for a global filter level (per group, or ranked globally)."""
-        if not self.config.params.all_weights or level == 0:
+        if level == 0 or (self.ranking is None and not self.config.params.all_weights):
             return {gid: self._kept_count(g, level) for gid, g in self._groups.items()}
-        # all_weights: one threshold over importance normalized within each group; a group is never
-        # pruned beyond MAX_GLOBAL_GROUP_LEVEL, so no layer is ever emptied.
-        normalized = {gid: s / (s.mean() + 1e-12) for gid, s in scores.items()}
-        everything = torch.cat([normalized[gid] for gid in self._groups])
+        # Global ranking: one threshold over importance normalized within each group (and transformed
+        # by the learned coefficients); a group is never pruned beyond the cap, so none is emptied.
+        ranked = {gid: s / (s.mean() + 1e-12) for gid, s in scores.items()}
+        cap = MAX_GLOBAL_GROUP_LEVEL
+        if self.ranking is not None:
+            ranked = {gid: self.ranking.transform(gid, v) for gid, v in ranked.items()}
+            cap = self.config.params.legr_params.max_pruning
+        everything = torch.cat([ranked[gid] for gid in self._groups])
         n_pruned = math.floor(level * everything.numel() + 1e-9)
         if n_pruned == 0:
             return {gid: g.size for gid, g in self._groups.items()}
         threshold = torch.kthvalue(everything, n_pruned).values
         return {
-            gid: self._kept_count(g, min(int((normalized[gid] <= threshold).sum()) / g.size, MAX_GLOBAL_GROUP_LEVEL))
+            gid: self._kept_count(g, min(int((ranked[gid] <= threshold).sum()) / g.size, cap))
             for gid, g in self._groups.items()
         }
 
