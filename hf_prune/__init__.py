@@ -1,7 +1,6 @@
 """hf_prune: NNCF-style filter pruning for timm and Hugging Face vision models, with a real strip."""
 
 from .algorithm.controller import FilterPruningController, PrunedModuleInfo, create_pruning_controller
-from .algorithm.importance import register_importance
 from .algorithm.statistics import PruningStatistics
 from .config import LegrParams, PruningConfig, PruningConfigError, PruningParams
 from .errors import AnalysisError, HfPruneError, PruningLevelError, ScopeError
@@ -14,5 +13,5 @@ __all__ = [
     "AnalysisError", "FilterPruningController", "HfPruneError", "LegrParams", "ModelAnalysis",
     "PrunedModuleInfo", "PruningConfig", "PruningConfigError", "PruningGroup", "PruningLevelError",
     "PruningParams", "PruningPolicy", "PruningStatistics", "ScopeError", "analyze_model",
-    "create_pruning_controller", "register_importance",
+    "create_pruning_controller",
 ]

@@ -78,7 +78,7 @@ def test_all_weights_ranks_globally_without_emptying_groups():
     assert ctrl.compression_rate == pytest.approx(0.6, abs=0.08)
 
 
-def test_importance_criteria_differ_and_custom_ones_register():
+def test_importance_criteria_differ():
     masks = {}
     for criterion in ("L1", "L2", "geometric_median"):
         model, inputs, logits, ctrl = _ctrl("resnet18", filter_importance=criterion)
@@ -86,9 +86,8 @@ def test_importance_criteria_differ_and_custom_ones_register():
         masks[criterion] = torch.cat(list(ctrl.group_masks().values()))
     assert not torch.equal(masks["L1"], masks["geometric_median"])
     assert not torch.equal(masks["L2"], masks["geometric_median"])
-    hf_prune.register_importance("first_filters", lambda f: -torch.arange(f.shape[0], dtype=torch.float))
-    with pytest.raises(hf_prune.PruningConfigError):  # config validation names the allowed criteria
-        _ctrl("resnet18", filter_importance="first_filters")
+    with pytest.raises(hf_prune.PruningConfigError, match="geometric_median"):  # the allowed criteria are named
+        _ctrl("resnet18", filter_importance="L3")
 
 
 def test_loss_is_zero_by_default_and_regularizes_masked_filters():

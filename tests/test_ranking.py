@@ -41,7 +41,7 @@ def test_search_improves_reward_and_is_reproducible(tmp_path):
     ctrl.set_pruning_level(0.5)
     assert reward(model) > baseline
     assert (tmp_path / "coeffs.json").is_file()
-    _, again = _ctrl()
+    _, again = _ctrl(model)
     assert again.learn_ranking(lambda m, n: None, _favour_first_group(again), show_progress=False).coefficients == best.coefficients
 
 

@@ -29,11 +29,7 @@ def _geometric_median(filters: torch.Tensor) -> torch.Tensor:
 
 
 IMPORTANCE: dict[str, ImportanceFn] = {"L1": _l1, "L2": _l2, "geometric_median": _geometric_median}
-
-
-def register_importance(name: str, fn: ImportanceFn) -> None:
-    """Make a custom criterion available as ``filter_importance: <name>``."""
-    IMPORTANCE[name] = fn
+"""The criteria ``params.filter_importance`` may name."""
 
 
 def filters_by_index(weight: torch.Tensor, dim: int, coords: torch.Tensor, size: int) -> torch.Tensor:
