@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from ..errors import HfPruneError
 
 DIGITS_MEAN, DIGITS_STD = 0.5, 0.5
 
@@ -61,3 +64,90 @@ def load_digits(image_size: int = 32, num_channels: int = 3, test_fraction: floa
     if limit is not None:
         train, test = train[:limit], test[: max(1, round(limit * test_fraction))]
     return DigitsSplits(DigitsDataset(x[train], y[train]), DigitsDataset(x[test], y[test]))
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataLoadError(HfPruneError):
+    """A data set named by a recipe cannot be loaded."""
+
+
+@dataclass
+class TrainEvalData:
+    train: Dataset
+    eval: Dataset | None
+    num_classes: int
+    labels: list[str]
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataLoadError(f"{where}: no {what} column {wanted!r}; columns are {columns}")
+        return wanted
+    for c in candidates:
+        if c in columns:
+            return c
+    raise DataLoadError(f"{where}: cannot find the {what} column among {columns}; set data.{what}_column")
+
+
+def _with_transform(ds, image_col: str, label_col: str, image_size: int, mean, std):
+    from torchvision import transforms
+
+    tf = transforms.Compose([
+        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+    def apply(batch):
+        return {"pixel_values": [tf(img.convert("RGB")) for img in batch[image_col]], "labels": batch[label_col]}
+
+    return ds.with_transform(apply)
+
+
+def load_image_data(source: str, *, name: str | None = None, path: str | None = None, train_split: str = "train",
+                    eval_split: str | None = "test", image_column: str | None = None, label_column: str | None = None,
+                    image_size: int = 224, limit: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> TrainEvalData:
+    """Train/eval data sets yielding ``{"pixel_values", "labels"}`` from a recipe's data section.
+
+    ``source``: ``digits`` (embedded), ``hub`` (``datasets.load_dataset(name)``) or ``imagefolder``
+    (``datasets``' imagefolder builder over ``path``, one sub-folder per class).
+    """
+    if source == "digits":
+        splits = load_digits(image_size=image_size, limit=limit)
+        return TrainEvalData(splits.train, splits.test, 10, [str(i) for i in range(10)])
+    import datasets
+
+    where = f"data set {name!r}" if source == "hub" else f"image folder {path!r}"
+    try:
+        if source == "hub":
+            ds = datasets.load_dataset(name)
+        else:
+            if path is None or not Path(path).expanduser().is_dir():
+                raise DataLoadError(f"{where} does not exist")
+            ds = datasets.load_dataset("imagefolder", data_dir=str(Path(path).expanduser()))
+    except DataLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - network / missing data set: re-raised with the name
+        raise DataLoadError(f"cannot load {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    if train_split not in ds:
+        raise DataLoadError(f"{where}: no split {train_split!r}; splits are {list(ds)}")
+    train = ds[train_split]
+    if eval_split is not None and eval_split not in ds:
+        if source != "imagefolder":
+            raise DataLoadError(f"{where}: no split {eval_split!r}; splits are {list(ds)}")
+        parts = train.train_test_split(test_size=0.2, seed=0, stratify_by_column=None)
+        train, evaluation = parts["train"], parts["test"]
+    else:
+        evaluation = ds[eval_split] if eval_split is not None else None
+    columns = train.column_names
+    image_col = _pick(columns, image_column, ("image", "img", "pixel_values"), "image", where)
+    label_col = _pick(columns, label_column, ("label", "labels", "fine_label"), "label", where)
+    feature = train.features[label_col]
+    label_names = list(getattr(feature, "names", None) or sorted({str(v) for v in train[label_col]}))
+    if limit is not None:
+        train = train.select(range(min(limit, len(train))))
+    train = _with_transform(train, image_col, label_col, image_size, mean, std)
+    evaluation = _with_transform(evaluation, image_col, label_col, image_size, mean, std) if evaluation is not None else None
+    return TrainEvalData(train, evaluation, len(label_names), label_names)
