@@ -1,0 +1,125 @@
+"""The run report: ``report.json`` for machines, ``report.md`` and PNG plots for people."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..algorithm.statistics import PruningStatistics
+
+
+@dataclass
+class RunReport:
+    recipe: str
+    model: str
+    dense_metrics: dict[str, float] = field(default_factory=dict)
+    pruned_metrics: dict[str, float] = field(default_factory=dict)
+    statistics: PruningStatistics | None = None
+    level_history: list[tuple[float, float]] = field(default_factory=list)  # (epoch, level)
+    onnx: dict[str, Any] | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe, "model": self.model, "seconds": self.seconds,
+            "dense_metrics": self.dense_metrics, "pruned_metrics": self.pruned_metrics,
+            "statistics": self.statistics.to_dict() if self.statistics else None,
+            "level_history": [list(p) for p in self.level_history], "onnx": self.onnx, "artifacts": self.artifacts,
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _markdown(r: RunReport, plots: dict[str, str]) -> str:
+    lines = [f"# Pruning report: {r.model}", "", f"Recipe: `{r.recipe}` · wall time {r.seconds:.0f} s", ""]
+    keys = sorted(set(r.dense_metrics) | set(r.pruned_metrics))
+    if keys:
+        lines += ["## Accuracy", "", "| metric | dense | pruned |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(r.dense_metrics.get(k, '–'))} | {_fmt(r.pruned_metrics.get(k, '–'))} |" for k in keys]
+        lines.append("")
+    s = r.statistics
+    if s is not None:
+        lines += ["## Size", "", "| | before | after | change |", "|---|---|---|---|"]
+        if s.flops_before:
+            lines.append(f"| GFLOPs | {s.flops_before / 1e9:.4f} | {s.flops_after / 1e9:.4f} | "
+                         f"{s.flops_after / s.flops_before - 1:+.1%} |")
+            lines.append(f"| params (M) | {s.params_before / 1e6:.4f} | {s.params_after / 1e6:.4f} | "
+                         f"{s.params_after / s.params_before - 1:+.1%} |")
+        lines.append(f"| filters | {s.filters_before} | {s.filters_after} | {s.filters_after / max(s.filters_before, 1) - 1:+.1%} |")
+        lines.append("")
+    if r.onnx:
+        lines += ["## ONNX Runtime (CPU)", "", "| | latency (ms) |", "|---|---|"]
+        for k in ("dense_ms", "pruned_ms"):
+            if k in r.onnx:
+                lines.append(f"| {k.removesuffix('_ms')} | {r.onnx[k]:.2f} |")
+        if "speedup" in r.onnx:
+            lines.append(f"| speedup | {r.onnx['speedup']:.2f}× |")
+        lines.append("")
+    for title, name in plots.items():
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    if s is not None:
+        lines += ["## Per-layer widths", "", "| layer | kept / total | level |", "|---|---|---|"]
+        lines += [f"| {layer.name} | {layer.kept} / {layer.total} | {layer.level:.1%} |" for layer in s.layers]
+        lines.append("")
+    if r.artifacts:
+        lines += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in r.artifacts.items()] + [""]
+    return "\n".join(lines)
+
+
+def _plots(r: RunReport, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, str] = {}
+    if r.level_history:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot([e for e, _ in r.level_history], [lv for _, lv in r.level_history], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("pruning level")
+        ax.set_title("Pruning level over training")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "pruning_level.png", dpi=100)
+        plt.close(fig)
+        made["Pruning level over training"] = "pruning_level.png"
+    if r.statistics is not None and r.statistics.layers:
+        layers = r.statistics.layers
+        fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.6))
+        xs = range(len(layers))
+        ax.bar(xs, [layer.total for layer in layers], color="#cccccc", label="before")
+        ax.bar(xs, [layer.kept for layer in layers], color="#3b7dd8", label="after")
+        ax.set_xticks(list(xs), [layer.name for layer in layers], rotation=90, fontsize=6)
+        ax.set_ylabel("output channels")
+        ax.set_title("Per-layer widths")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "layer_widths.png", dpi=100)
+        plt.close(fig)
+        made["Per-layer widths before and after"] = "layer_widths.png"
+    return made
+
+
+def write_report(report: RunReport, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and the plots into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(report, out)
+    _atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
+    _atomic_write(out / "report.md", _markdown(report, plots))
+    return {"json": out / "report.json", "markdown": out / "report.md", **{n: out / n for n in plots.values()}}
