@@ -67,8 +67,8 @@ class LegrParams(_Section):
     """Parameters of the LeGR ``learned_ranking`` search (NNCF ``params.legr_params``)."""
 
     generations: int = Field(400, ge=1, description="Generations of the evolution algorithm.")
-    train_steps: int = Field(200, ge=1, description="Fine-tuning steps used to evaluate each candidate.")
-    max_pruning: float = Field(0.8, gt=0, lt=1, description="Maximal filter pruning rate of the search.")
+    train_steps: int = Field(200, ge=1, description="Fine-tuning steps (the train function's budget) per candidate.")
+    max_pruning: float = Field(0.8, gt=0, lt=1, description="The most any one group is pruned under learned ranking.")
     random_seed: int = Field(42, description="Seed of the evolution algorithm.")
     population_size: int = Field(64, ge=1, description="Candidates kept per generation.")
     num_samples: int = Field(16, ge=1, description="Candidates sampled per generation.")
@@ -100,10 +100,10 @@ class PruningParams(_Section):
     interlayer_ranking_type: Literal["unweighted_ranking", "learned_ranking"] = Field(
         "unweighted_ranking", description="How filters of different layers are compared."
     )
-    all_weights: bool = Field(False, description="Rank filters across all layers instead of per layer.")
+    all_weights: bool = Field(False, description="Rank filters across all groups (importance normalized per group) instead of one level per group; no group pruned beyond 90%.")
     prune_first_conv: bool = Field(False, description="Also prune the first convolution.")
     prune_downsample_convs: bool = Field(False, description="Also prune convolutions that downsample.")
-    prune_batch_norms: bool = Field(True, description="Prune batch norms following pruned convolutions.")
+    prune_batch_norms: bool = Field(True, description="Zero the norm parameters of pruned channels in the zeros export format (a strip always removes them).")
     legr_params: LegrParams = Field(default_factory=LegrParams, description="LeGR search parameters.")
     save_ranking_coeffs_path: str | None = Field(None, description="Where to save learned ranking coefficients.")
     load_ranking_coeffs_path: str | None = Field(None, description="Where to load ranking coefficients from.")
@@ -151,8 +151,8 @@ class PruningConfig(_Section):
     pruning_init: float = Field(0.0, ge=0, lt=1, description="Pruning rate applied at the start.")
     initializer: InitializerConfig = Field(default_factory=InitializerConfig)
     params: PruningParams = Field(default_factory=PruningParams)
-    ignored_scopes: list[str] = Field(default_factory=list, description="Layers never pruned (NNCF scopes).")
-    target_scopes: list[str] = Field(default_factory=list, description="If set, only these layers are pruned.")
+    ignored_scopes: list[str] = Field(default_factory=list, description="Modules never pruned: a module name (covers its children) or '{re}<regex>'.")
+    target_scopes: list[str] = Field(default_factory=list, description="If set, only groups whose producers all match are pruned (same syntax).")
 
     def __init__(self, **data: Any) -> None:
         try:

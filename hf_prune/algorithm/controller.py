@@ -231,7 +231,7 @@ class FilterPruningController:
 
     def prepare_for_export(self) -> None:
         """Bake the masks into the weights (zeroed filters, same shapes), as NNCF does before export."""
-        zero_pruned(self.model, self.analysis.trace, self.leaf_masks())
+        zero_pruned(self.model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms)
 
     def strip_model(self, model: nn.Module | None = None, do_copy: bool = False, strip_format: str = "native") -> nn.Module:
         """The model without pruning machinery: ``native`` removes pruned channels physically (same
@@ -244,8 +244,9 @@ class FilterPruningController:
             remove_mask_hooks(model)
         elif model is self.model:
             self._masker.remove()
-        fn = strip if strip_format == "native" else zero_pruned
-        return fn(model, self.analysis.trace, self.leaf_masks())
+        if strip_format == "native":
+            return strip(model, self.analysis.trace, self.leaf_masks())
+        return zero_pruned(model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

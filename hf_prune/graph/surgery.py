@@ -17,6 +17,9 @@ from .spaces import SpaceTable
 from .trace import ModelTrace
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
 def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     t = module._parameters.get(name)
     return t if t is not None else module._buffers.get(name)
@@ -62,8 +65,11 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
 
 
 @torch.no_grad()
-def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor], inplace: bool = True) -> nn.Module:
+def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor], inplace: bool = True,
+                zero_norms: bool = True) -> nn.Module:
     """Zero pruned filters, their norm parameters and consuming weights, keeping shapes (NNCF export).
+
+    ``zero_norms=False`` leaves normalization layers' parameters alone (NNCF's ``prune_batch_norms``).
 
     With ``inplace=False`` the affected parameters are replaced by zeroed copies instead of being
     modified, so a model sharing its tensors with another (see :func:`shallow_copy`) leaves it intact.
@@ -74,7 +80,7 @@ def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch
         module_name, _, attr = name.rpartition(".")
         module = modules[module_name]
         p = module._parameters.get(attr)
-        if p is None:
+        if p is None or (not zero_norms and isinstance(module, _NORMS)):
             continue
         mask = None
         for d, lab in enumerate(labels):
