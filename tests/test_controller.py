@@ -50,7 +50,7 @@ def test_get_mask_is_static_and_live():
 @pytest.mark.parametrize("all_weights", [False, True])
 def test_flops_target_is_met(name, all_weights):
     model = timm.create_model(name)
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 128, 128)
     cfg = {"params": {"pruning_flops_target": 0.5, "all_weights": all_weights}}
     ctrl = hf_prune.create_pruning_controller(model, cfg, example_inputs=x)
     assert 0.5 < ctrl.maximal_compression_rate < 1
@@ -150,32 +150,28 @@ def _accuracy(model, dataset):
 def test_batchnorm_adaptation_improves_pruned_accuracy():
     torch.manual_seed(0)
     data = load_digits(image_size=16)
-    model = timm.create_model("resnet18", num_classes=10)
+    model = timm.create_model("test_resnet", num_classes=10)
     loader = DataLoader(data.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(3):
+    for _ in range(2):
         for batch in loader:
             loss = torch.nn.functional.cross_entropy(model(batch["pixel_values"]), batch["labels"])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    dense = _accuracy(model, data.test)
-    assert dense > 0.85
-    ctrl = hf_prune.create_pruning_controller(
-        model, {"initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 512}}},
-        example_inputs=torch.randn(1, 3, 16, 16), data_loader=loader)
+    assert _accuracy(model, data.test) > 0.85
+    x = torch.randn(1, 3, 16, 16)
     with pytest.raises(hf_prune.HfPruneError, match="data_loader"):
-        hf_prune.create_pruning_controller(model, None, example_inputs=torch.randn(1, 3, 16, 16)).set_pruning_level(
+        hf_prune.create_pruning_controller(model, None, example_inputs=x).set_pruning_level(
             0.5, run_batchnorm_adaptation=True)
-    ctrl = hf_prune.create_pruning_controller(
-        model, {"initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 512}}},
-        example_inputs=torch.randn(1, 3, 16, 16), data_loader=loader)
+    cfg = {"params": {"channel_multiple": 1}, "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 512}}}
+    ctrl = hf_prune.create_pruning_controller(model, cfg, example_inputs=x, data_loader=loader)
     ctrl.set_pruning_level(0.6)
     pruned = _accuracy(model, data.test)
-    stats = model.bn1.running_mean.clone(), model.layer4[1].bn2.running_var.clone()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_var.clone() for m in norms]
     ctrl.set_pruning_level(0.6, run_batchnorm_adaptation=True)
     adapted = _accuracy(model, data.test)
-    assert not torch.equal(stats[0], model.bn1.running_mean)
-    assert not torch.equal(stats[1], model.layer4[1].bn2.running_var)
-    assert adapted > pruned + 0.02, (dense, pruned, adapted)
+    assert all(not torch.equal(b, m.running_var) for b, m in zip(before, norms))
+    assert adapted > pruned + 0.05, (pruned, adapted)

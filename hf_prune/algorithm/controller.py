@@ -6,7 +6,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,7 @@ from ..graph.groups import PruningGroup, PruningPolicy
 from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
-from .masks import WeightMasker, remove_mask_hooks
+from .masks import WeightMasker, _MaskHook, remove_mask_hooks
 from .ranking import (
     RankingCoefficients, RankingCoefficientsError, RewardFn, TrainFn, learn_ranking_coefficients,
 )
@@ -27,6 +27,9 @@ from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
 
 STRIP_FORMATS = ("native", "zeros")
+STRIP_HOOKS: list[Callable[[nn.Module, "FilterPruningController"], None]] = []
+"""Called with every model :meth:`FilterPruningController.strip_model` strips natively, and its controller
+(integrations register here, e.g. to record the new shapes in a transformers config)."""
 MAX_GLOBAL_GROUP_LEVEL = 0.9  # with all_weights, a group keeps at least 10% of its channels
 
 
@@ -245,7 +248,10 @@ class FilterPruningController:
         elif model is self.model:
             self._masker.remove()
         if strip_format == "native":
-            return strip(model, self.analysis.trace, self.leaf_masks())
+            strip(model, self.analysis.trace, self.leaf_masks())
+            for hook in STRIP_HOOKS:
+                hook(model, self)
+            return model
         return zero_pruned(model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms)
 
     # ------------------------------------------------------------------ state
@@ -434,6 +440,12 @@ class FilterPruningController:
                 mask = mask * T.label_mask(trace.param_labels[param][d], leaf).reshape(view).float()
             masks[param] = mask
         self._masker.apply(self.model, masks)
+
+
+def has_pruning_masks(model: nn.Module) -> bool:
+    """Whether a controller's masks act in ``model``'s forward pass (pruned, not stripped yet)."""
+    return any(isinstance(getattr(hook, "__self__", None), _MaskHook)
+               for module in model.modules() for hook in module._forward_pre_hooks.values())
 
 
 def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[str, Any] | None = None,

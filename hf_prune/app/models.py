@@ -6,6 +6,7 @@ Spec forms, resolved in this order:
 - ``hf:<id>``: a transformers model on the Hugging Face Hub;
 - an existing directory: timm's Hub layout if its ``config.json`` has an ``architecture`` key, else a
   transformers directory; weights in it (``model.safetensors`` / ``pytorch_model.bin``) are always loaded;
+  a directory hf_prune saved a stripped model in loads through :func:`hf_prune.integrations.serialization.from_pretrained`;
 - a bare name timm knows;
 - ``org/name``: a transformers model on the Hugging Face Hub.
 
@@ -24,6 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError
+from ..graph.analysis import default_example_inputs
+from ..integrations.serialization import from_pretrained, saved_record
 
 __all__ = ["ModelLoadError", "load_model"]
 
@@ -86,6 +89,8 @@ def _local_model(path: Path, num_classes: int | None, pretrained: bool,
         saved = json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ModelLoadError(f"cannot parse {config_file}: {exc}") from exc
+    if isinstance(saved, dict) and saved_record(saved) is not None:
+        return _pruned_model(path, num_classes, image_size)
     if isinstance(saved, dict) and "architecture" in saved:
         if not timm.is_model(saved["architecture"]):
             raise ModelLoadError(f"{config_file}: unknown timm architecture {saved['architecture']!r}"
@@ -93,6 +98,19 @@ def _local_model(path: Path, num_classes: int | None, pretrained: bool,
         fixed = bool(saved.get("pretrained_cfg", saved).get("fixed_input_size"))
         return _create_timm(f"local-dir:{path}", fixed, num_classes, has_weights, image_size)
     return _transformers_model(str(path), str(path), num_classes, has_weights, image_size)
+
+
+def _pruned_model(path: Path, num_classes: int | None, image_size: int | None) -> tuple[nn.Module, Any]:
+    """A stripped model saved by hf_prune (its config.json records the pruned shapes)."""
+    if num_classes is not None:
+        raise ModelLoadError(f"{path}: holds a pruned model; replacing its classifier head is not supported")
+    model = from_pretrained(path).eval()
+    inputs = default_example_inputs(model)
+    if image_size is None:
+        return model, inputs
+    if isinstance(inputs, dict):
+        return model, {k: torch.randn(*v.shape[:2], image_size, image_size) for k, v in inputs.items()}
+    return model, torch.randn(*inputs.shape[:2], image_size, image_size)
 
 
 def _hub_model(model_id: str, spec: str, num_classes: int | None, pretrained: bool,

@@ -1,0 +1,211 @@
+"""PruningRun: the controller of one training run, identical on every process and across checkpoints.
+
+Both training integrations (:mod:`.trainer`, :mod:`.accelerate`) drive pruning through a
+:class:`PruningRun`. It creates the controller on the unwrapped model from inputs that are the same on
+every rank, decides masks on the main process and broadcasts them, checks checkpointed state against
+the model and config before loading it, reports the values to log, and refuses to step a model whose
+shapes changed under the optimizer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
+from ..algorithm.controller import FilterPruningController, create_pruning_controller
+from ..config import PruningConfig
+from ..errors import HfPruneError
+
+STATE_FORMAT = 1
+"""Version of the :meth:`PruningRun.state_dict` layout."""
+EXAMPLE_SEED = 0
+"""Seed of the example inputs: every process traces the model on the same values."""
+
+
+class PruningStateError(HfPruneError, ValueError):
+    """A saved pruning state does not belong to this model and pruning config."""
+
+
+def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed job, or the only process."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """The main process's ``obj`` on every process (``obj`` itself when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def as_pruning_config(value: PruningConfig | Mapping[str, Any] | str | os.PathLike[str]) -> PruningConfig:
+    """A :class:`PruningConfig` from itself, an NNCF-style dict, or a JSON/YAML file path."""
+    if isinstance(value, PruningConfig):
+        return value
+    if isinstance(value, Mapping):
+        return PruningConfig.from_dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        return PruningConfig.from_file(value)
+    raise TypeError(f"pruning_config must be a hf_prune.PruningConfig, a dict or a path to a JSON/YAML file, "
+                    f"got {type(value).__name__}")
+
+
+def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Batch-1 example inputs shaped like ``dataset[0]``'s image, with seeded values (same on every rank).
+
+    A sample is ``{"pixel_values": (C, H, W), ...}`` or ``(image, label)``. The result is a dict for
+    models taking ``pixel_values`` (transformers) and a tensor otherwise (timm).
+    """
+    try:
+        sample = dataset[0]
+        image = sample["pixel_values"] if isinstance(sample, Mapping) else sample[0]
+        shape = torch.as_tensor(image).shape
+    except (TypeError, KeyError, IndexError, NotImplementedError) as exc:
+        raise HfPruneError(f"cannot take example inputs from {type(dataset).__name__} ({exc!r}): pass "
+                           "example_inputs=, e.g. {'pixel_values': torch.randn(1, 3, 224, 224)}") from exc
+    generator = torch.Generator().manual_seed(EXAMPLE_SEED)
+    device = next(model.parameters()).device
+    x = torch.randn((1, *shape), generator=generator).to(device)
+    return {"pixel_values": x} if _accepts_kwarg(model, "pixel_values") else x
+
+
+class PruningRun:
+    """A :class:`FilterPruningController` driven through one (possibly distributed) training run.
+
+    Build it on the unwrapped model before the model is wrapped for distributed training. Masks are
+    decided on the main process and broadcast; ``state_dict`` carries the config and model signature so
+    that ``load_state_dict`` rejects a checkpoint of another model or config with a clear error.
+    """
+
+    def __init__(self, model: nn.Module, pruning_config: PruningConfig | Mapping[str, Any] | str | os.PathLike[str],
+                 example_inputs: Any = None, data_loader: Iterable[Any] | None = None) -> None:
+        config = as_pruning_config(pruning_config)
+        self.controller: FilterPruningController = create_pruning_controller(model, config, example_inputs)
+        self._stripped = False
+        self._sync_masks()
+        if data_loader is not None:
+            self.adapt_batchnorm(data_loader)
+
+    @property
+    def model(self) -> nn.Module:
+        """The unwrapped model the controller masks."""
+        return self.controller.model
+
+    @property
+    def config(self) -> PruningConfig:
+        return self.controller.config
+
+    # ------------------------------------------------------------------ schedule
+    def epoch_step(self, epoch: int | None = None) -> None:
+        """Move the schedule to the next epoch (or to ``epoch``) and share the new masks.
+
+        When the schedule is already at ``epoch`` (a run resumed mid-epoch) the restored masks are kept.
+        """
+        self.check_trainable()
+        scheduler = self.controller.scheduler
+        if epoch is not None and scheduler.current_epoch == epoch:
+            return
+        scheduler.epoch_step(epoch)
+        self._sync_masks()
+
+    def step(self) -> None:
+        """Count one optimizer step."""
+        self.check_trainable()
+        self.controller.scheduler.step()
+
+    def loss(self) -> torch.Tensor:
+        """The controller's loss (zero unless ``regularization_weight`` > 0)."""
+        return self.controller.loss()
+
+    def adapt_batchnorm(self, data_loader: Iterable[Any]) -> None:
+        """Re-estimate BatchNorm statistics under the current masks when any channel is masked
+        (NNCF's initializer); statistics are averaged across processes."""
+        samples = self.config.initializer.batchnorm_adaptation.num_bn_adaptation_samples
+        if self.controller.levels_nonzero and samples > 0:
+            adapt_batchnorm(self.model, data_loader, samples)
+
+    def log_values(self) -> dict[str, float]:
+        """``pruning/level``, ``pruning/flops_reduction`` and ``pruning/compression_stage``."""
+        ctrl = self.controller
+        dense = ctrl.analysis.dense_flops
+        return {
+            "pruning/level": ctrl.pruning_level,
+            "pruning/flops_reduction": 1.0 - ctrl.current_flops / dense if dense else 0.0,
+            "pruning/compression_stage": ctrl.compression_stage(),
+        }
+
+    def statistics(self, quickly_collected_only: bool = False):
+        """The controller's :class:`~hf_prune.PruningStatistics`."""
+        return self.controller.statistics(quickly_collected_only)
+
+    # ------------------------------------------------------------------ strip
+    def strip_model(self) -> nn.Module:
+        """Remove the pruned channels from the model in place and return it; the run cannot step again."""
+        self._stripped = True
+        return self.controller.strip_model()
+
+    def check_trainable(self) -> None:
+        """Raise if the model was stripped: the optimizer and any wrapper still hold the old tensors."""
+        shapes = self.controller.analysis.trace.param_shapes
+        changed = next((name for name, p in self.model.named_parameters()
+                        if name in shapes and tuple(p.shape) != tuple(shapes[name])), None)
+        if self._stripped or changed is not None:
+            where = f" ({changed}: {tuple(shapes[changed])} -> {tuple(self.model.get_parameter(changed).shape)})" \
+                if changed is not None else ""
+            raise HfPruneError(
+                f"the model was stripped{where}; its optimizer and distributed wrapper still hold the old tensors "
+                "and would silently stop training the new ones. Fine-tune a stripped model with a new "
+                "Trainer / accelerator.prepare, or strip only at the end of training.")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Masks and schedule position, with the config and model signature they belong to."""
+        return {"format": STATE_FORMAT, **self._signature(), "controller": self.controller.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any], source: str | os.PathLike[str] | None = None) -> None:
+        """Restore :meth:`state_dict`; :class:`PruningStateError` if it belongs to another model or config."""
+        where = f" in {os.fspath(source)}" if source is not None else ""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise PruningStateError(f"no hf_prune pruning state{where} (format {STATE_FORMAT} expected)")
+        mine = self._signature()
+        if (state["model_class"], state["groups"]) != (mine["model_class"], mine["groups"]):
+            raise PruningStateError(
+                f"the pruning state{where} belongs to another model: {state['model_class']} with "
+                f"{len(state['groups'])} pruning groups, not {mine['model_class']} with {len(mine['groups'])}")
+        if diff := _differences(state["config"], mine["config"]):
+            raise PruningStateError(f"the pruning state{where} was saved with another pruning config: "
+                                    + "; ".join(f"{key}: {saved!r} saved, {now!r} now" for key, saved, now in diff))
+        self.controller.load_state_dict(state["controller"])
+
+    def _signature(self) -> dict[str, Any]:
+        return {
+            "model_class": type(self.model).__name__,
+            "groups": {gid: group.size for gid, group in self.controller.groups.items()},
+            "config": self.config.to_dict(),
+        }
+
+    def _sync_masks(self) -> None:
+        state = broadcast_from_main(self.controller.state_dict() if is_main_process() else None)
+        if not is_main_process():
+            self.controller.load_state_dict(state)
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for every leaf where two config dicts differ."""
+    if isinstance(saved, Mapping) and isinstance(now, Mapping):
+        return [diff for key in sorted(saved.keys() | now.keys())
+                for diff in _differences(saved.get(key), now.get(key), f"{prefix}{key}.")]
+    return [] if saved == now else [(prefix.rstrip("."), saved, now)]

@@ -1,0 +1,68 @@
+"""AcceleratedPruner in a custom loop on 2 processes (``torchrun --nproc_per_node 2``, gloo on CPU).
+
+Trains uninterrupted, then stops after epoch 1 and resumes with ``accelerator.load_state``; each rank
+saves its masks, parameters, BatchNorm statistics right after adaptation and its losses to
+``<out>/rank<r>.pt`` for the test to compare.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from torch.utils.data import DataLoader
+
+from common import PRUNING, digits, masks_of, tiny_resnet
+from hf_prune.integrations.accelerate import AcceleratedPruner
+
+EPOCHS = 3
+CONFIG = {**PRUNING, "pruning_init": 0.25}  # masks from the start: BatchNorm adaptation runs
+
+
+def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = False) -> dict:
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    model = tiny_resnet()
+    loader = DataLoader(data.train, batch_size=16, shuffle=True)
+    pruner = AcceleratedPruner(accelerator, model, CONFIG, data_loader=loader)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    pruner.adapt_batchnorm(loader)  # again, on each process's shard: statistics are averaged across ranks
+    bn_stats = {k: v.clone() for k, v in model.module.state_dict().items() if "running" in k}
+    if resume:
+        accelerator.load_state(output_dir / "checkpoint")
+    losses = []
+    for epoch in range(pruner.controller.scheduler.current_epoch + 1, EPOCHS):
+        pruner.epoch_step()
+        loader.set_epoch(epoch)
+        total = 0.0
+        for batch in loader:
+            loss = model(**batch).loss + pruner.loss()
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            pruner.step()
+            total += loss.item()
+        losses.append(total / len(loader))
+        accelerator.save_state(output_dir / "checkpoint")
+        if epoch == stop_after:
+            break
+    return {"masks": masks_of(pruner.controller), "scheduler": pruner.controller.scheduler.state_dict(),
+            "params": {n: p.detach().clone() for n, p in model.module.named_parameters()},
+            "bn_stats": bn_stats, "losses": losses, "stats": pruner.log_values()}
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    data = digits()
+    full = train(out / "full", data)
+    train(out / "resumed", data, stop_after=1)
+    resumed = train(out / "resumed", data, resume=True)
+    files = sorted(str(p.relative_to(out / "full")) for p in (out / "full").rglob("*") if p.is_file())
+    torch.save({"full": full, "resumed": resumed, "files": files}, out / f"rank{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
