@@ -134,3 +134,11 @@ def test_hub_id_offline(offline: None, spec: str) -> None:
     assert "neither a timm model name nor a local directory" in message
     assert "Hugging Face Hub could not be reached" in message
     assert "did you mean: resnet50" in message
+
+
+def test_transformers_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "resnet_config.json"
+    ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=7).to_json_file(path)
+    model, inputs = load_model(str(path), image_size=32)
+    assert isinstance(model, ResNetForImageClassification)
+    assert model(**inputs).logits.shape == (1, 7)

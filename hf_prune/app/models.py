@@ -4,6 +4,7 @@ Spec forms, resolved in this order:
 
 - ``timm/<name>`` or ``timm:<name>``: a timm registry name (a pretrained tag such as ``.a1_in1k`` is allowed);
 - ``hf:<id>``: a transformers model on the Hugging Face Hub;
+- a ``.json`` transformers config file (random init);
 - an existing directory: timm's Hub layout if its ``config.json`` has an ``architecture`` key, else a
   transformers directory; weights in it (``model.safetensors`` / ``pytorch_model.bin``) are always loaded;
   a directory hf_prune saved a stripped model in loads through :func:`hf_prune.integrations.serialization.from_pretrained`;
@@ -55,6 +56,8 @@ def load_model(spec: str, *, num_classes: int | None = None, pretrained: bool = 
     path = Path(spec).expanduser()
     if path.is_dir():
         return _local_model(path, num_classes, pretrained, image_size)
+    if path.is_file() and path.suffix == ".json":  # a transformers config file: random init
+        return _transformers_model(str(path), spec, num_classes, False, image_size)
     if timm.is_model(spec):
         return _timm_model(spec, spec, num_classes, pretrained, image_size)
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:

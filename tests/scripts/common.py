@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments, set_seed
+from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback, TrainingArguments, set_seed
 
 from hf_prune.app.data import DigitsSplits, load_digits
 
@@ -29,7 +30,7 @@ def digits(limit: int | None = 256) -> DigitsSplits:
 def training_args(output_dir: str | os.PathLike[str], **overrides: Any) -> TrainingArguments:
     """Quiet CPU arguments: epoch-wise logging, no reporting integrations, no checkpoints unless asked."""
     defaults: dict[str, Any] = dict(
-        num_train_epochs=3, per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=3e-3,
+        num_train_epochs=3, per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=1e-2,
         logging_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
         dataloader_num_workers=0)
     return TrainingArguments(str(output_dir), **{**defaults, **overrides})
@@ -37,3 +38,24 @@ def training_args(output_dir: str | os.PathLike[str], **overrides: Any) -> Train
 
 def masks_of(controller) -> dict[int, torch.Tensor]:
     return {gid: m.clone() for gid, m in controller.group_masks().items()}
+
+
+def summary(controller, model: torch.nn.Module, losses: list[float]) -> dict[str, Any]:
+    """What a run ended with: masks, schedule position, parameters, full state dict and losses."""
+    return {"masks": masks_of(controller), "scheduler": controller.scheduler.state_dict(),
+            "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "state": {k: v.clone() for k, v in model.state_dict().items()}, "losses": losses}
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+class StopAfterEpoch(TrainerCallback):
+    """Interrupts training at the end of epoch ``epoch`` (1-based), after its checkpoint is due."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_training_stop = round(state.epoch) == self.epoch

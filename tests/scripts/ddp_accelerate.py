@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from torch.utils.data import DataLoader
 
-from common import PRUNING, digits, masks_of, tiny_resnet
+from common import PRUNING, digits, files_under, summary, tiny_resnet
 from hf_prune.integrations.accelerate import AcceleratedPruner
 
 EPOCHS = 3
@@ -30,7 +30,7 @@ def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     pruner.adapt_batchnorm(loader)  # again, on each process's shard: statistics are averaged across ranks
-    bn_stats = {k: v.clone() for k, v in model.module.state_dict().items() if "running" in k}
+    bn_stats = {k: v.clone() for k, v in pruner.model.state_dict().items() if "running" in k}
     if resume:
         accelerator.load_state(output_dir / "checkpoint")
     losses = []
@@ -49,9 +49,7 @@ def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = 
         accelerator.save_state(output_dir / "checkpoint")
         if epoch == stop_after:
             break
-    return {"masks": masks_of(pruner.controller), "scheduler": pruner.controller.scheduler.state_dict(),
-            "params": {n: p.detach().clone() for n, p in model.module.named_parameters()},
-            "bn_stats": bn_stats, "losses": losses, "stats": pruner.log_values()}
+    return {**summary(pruner.controller, pruner.model, losses), "bn_stats": bn_stats}
 
 
 def main(out: Path) -> None:
@@ -60,8 +58,7 @@ def main(out: Path) -> None:
     full = train(out / "full", data)
     train(out / "resumed", data, stop_after=1)
     resumed = train(out / "resumed", data, resume=True)
-    files = sorted(str(p.relative_to(out / "full")) for p in (out / "full").rglob("*") if p.is_file())
-    torch.save({"full": full, "resumed": resumed, "files": files}, out / f"rank{os.environ['RANK']}.pt")
+    torch.save({"full": full, "resumed": resumed, "files": files_under(out / "full")}, out / f"rank{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":
