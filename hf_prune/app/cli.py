@@ -21,6 +21,9 @@ from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy
+from ..integrations.hub import model_statistics
+from ..integrations.onnx import export_onnx
+from ..integrations.serialization import from_pretrained
 from .models import load_model
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-prune", description="NNCF-style filter pruning for timm and Hugging Face vision models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_analyze(commands)
+    _add_train(commands)
+    _add_export(commands)
+    _add_stats(commands)
     return parser
 
 
@@ -58,6 +64,36 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, metavar="N", help="input height and width (default: model's)")
     parser.add_argument("--num-classes", type=int, metavar="N", help="replace the classifier head")
     parser.add_argument("--pretrained", action="store_true", help="load pretrained timm / Hub weights")
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    """Register ``train RECIPE``."""
+    parser = commands.add_parser(
+        "train", help="run a recipe: prune while fine-tuning, strip, save, export, report",
+        description="Run RECIPE end to end: optional dense warm-up, pruning on the schedule with fine-tuning, "
+                    "strip, save_pretrained, ONNX export and a report (report.md, report.json, plots).")
+    parser.add_argument("recipe", metavar="RECIPE", help="recipe YAML (see recipes/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set training.num_train_epochs=3 (repeatable)")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    """Run the recipe; print where the products are."""
+    from .run import run_recipe
+
+    result = run_recipe(args.recipe, args.overrides)
+    if result.files:
+        console = Console(width=PIPE_WIDTH if not sys.stdout.isatty() else None)
+        table = Table(title=f"hf-prune train: {args.recipe}")
+        table.add_column("product")
+        table.add_column("path")
+        for name, path in result.files.items():
+            table.add_row(name, escape(str(path)))
+        console.print(table)
+        for line in (result.report.statistics.summary_lines() if result.report.statistics else []):
+            console.print(escape(line), highlight=False)
+    return 0
 
 
 def _add_analyze(commands: argparse._SubParsersAction) -> None:
@@ -153,6 +189,78 @@ def _join_reasons(reasons: list[str], width: int = REASONS_WIDTH) -> str:
     shown = "; ".join(reasons[:kept])[:width]
     rest = len(reasons) - kept
     return f"{shown}… (+{rest} more)" if rest else f"{shown}…"
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    """Register ``export DIR --onnx OUT``."""
+    parser = commands.add_parser("export", help="export a saved (pruned) model to ONNX",
+                                 description="Export the model saved in DIR through Optimum's ONNX exporter and "
+                                             "check ONNX Runtime's outputs against PyTorch's.")
+    parser.add_argument("directory", metavar="DIR", help="a directory saved by hf_prune, transformers or timm")
+    parser.add_argument("--onnx", required=True, metavar="OUT", help="output directory (receives model.onnx)")
+    parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: Optimum's for the model)")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    path = export_onnx(args.directory, args.onnx, opset=args.opset)
+    print(f"wrote {path} (ONNX Runtime outputs match PyTorch)")
+    return 0
+
+
+def _add_stats(commands: argparse._SubParsersAction) -> None:
+    """Register ``stats DIR``."""
+    parser = commands.add_parser("stats", help="show FLOPs, parameters and widths of a saved (pruned) model",
+                                 description="Load the model saved in DIR and compare it with the dense model its "
+                                             "config describes: FLOPs, parameters, output channels per stage.")
+    parser.add_argument("directory", metavar="DIR", help="a directory saved by hf_prune, transformers or timm")
+    parser.add_argument("--json", action="store_true", help="print the statistics as JSON, nothing else")
+    parser.set_defaults(run=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    stats = model_statistics(from_pretrained(args.directory))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+    console.print(_size_table(stats, args.directory))
+    console.print(_stages_table(stats["stages"]))
+    return 0
+
+
+def _change(stats: dict, key: str, unit: float, suffix: str) -> str:
+    """``"<before> → <after> (<relative change>)"`` of a dense/pruned pair in ``stats``."""
+    before, after = stats[key]["before"], stats[key]["after"]
+    return f"{before / unit:.3f} {suffix} → {after / unit:.3f} {suffix} ({after / before - 1:+.1%})"
+
+
+def _size_table(stats: dict, directory: str) -> Table:
+    """Model, FLOPs and parameters, dense → pruned, and the recorded pruning level if any."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    size = "×".join(map(str, stats["input_size"]))
+    table.add_row("Model", f"{escape(directory)} ({stats['model_class']}, {stats['library']})")
+    table.add_row("FLOPs", f"{_change(stats, 'flops', 1e9, 'G')} at {size}")
+    table.add_row("Params", _change(stats, "params", 1e6, "M"))
+    recorded = stats["pruning_statistics"]
+    if recorded:
+        kind = "FLOPs" if recorded["prune_flops"] else "filters"
+        table.add_row("Pruning", f"level {recorded['current_level']:.3f} (target {recorded['target_level']:.3f} "
+                                 f"of {kind})")
+    return table
+
+
+def _stages_table(stages: list[dict]) -> Table:
+    """Output channels of the conv and linear layers of each stage, dense and pruned."""
+    table = Table(title="Width per stage (conv + linear output channels)", title_justify="left")
+    table.add_column("stage")
+    for column in ("dense", "pruned", "kept"):
+        table.add_column(column, justify="right")
+    for s in stages:
+        table.add_row(escape(s["stage"]), str(s["before"]), str(s["after"]), f"{s['after'] / s['before']:.0%}")
+    return table
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Optimum infers the library (transformers or timm) from the model's class, which a strip keeps. The
 export runs on a shallow copy (Optimum gives timm models a ``config`` attribute; the copy's
 ``pretrained_cfg`` also carries the model's current input size, which Optimum's dummy inputs follow).
+Optimum is imported on first export: it takes seconds, which ``import hf_prune`` should not.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from optimum.exporters.onnx import onnx_export_from_model
 from torch import nn
 
 from ..algorithm.controller import FilterPruningController
@@ -51,6 +51,8 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
     :class:`OnnxExportError` when the outputs differ beyond ``rtol``/``atol`` (see :func:`check_onnx`).
     Returns the path of the ONNX file.
     """
+    from optimum.exporters.onnx import onnx_export_from_model
+
     if isinstance(model_or_dir, (str, os.PathLike)):
         model = from_pretrained(model_or_dir)
     else:

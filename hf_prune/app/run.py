@@ -1,0 +1,188 @@
+"""``hf-prune train RECIPE``: the whole job, from a recipe to a smaller model, its ONNX file and a report.
+
+Order of work: validate the recipe, check the output directory, load the model and the data (every
+bad input fails here, before any training), optional dense warm-up, pruning with the schedule and
+fine-tuning (``PruningTrainer``), strip, ``save_pretrained``, ONNX export with a latency comparison,
+report. Under ``accelerate launch`` every process trains; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import HfPruneError
+from .data import IMAGENET_MEAN, IMAGENET_STD, TrainEvalData, load_image_data
+from .models import load_model
+from .recipes import Recipe, load_recipe
+from .report import RunReport, write_report
+
+
+class OutputDirError(HfPruneError, OSError):
+    """The output directory cannot be written."""
+
+
+@dataclass
+class RunResult:
+    report: RunReport
+    output_dir: Path
+    files: dict[str, Path]
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OutputDirError(f"output directory {str(directory)!r} is not writable: {e.strerror or e}") from e
+
+
+def _build_model(recipe: Recipe) -> tuple[nn.Module, Any]:
+    spec = recipe.model
+    if spec.config is not None:
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        config_dict = dict(spec.config)
+        model_type = config_dict.pop("model_type", None)
+        if model_type is None:
+            raise HfPruneError("model.config needs a 'model_type' (e.g. resnet, vit, convnext)")
+        config = AutoConfig.for_model(model_type, **config_dict)
+        if spec.num_classes is not None:
+            config.num_labels = spec.num_classes
+        if spec.image_size is not None and hasattr(config, "image_size"):
+            config.image_size = spec.image_size
+        model = AutoModelForImageClassification.from_config(config).eval()
+        size = spec.image_size or getattr(config, "image_size", 224)
+        return model, {"pixel_values": torch.randn(1, getattr(config, "num_channels", 3), size, size)}
+    return load_model(spec.name, num_classes=spec.num_classes, pretrained=spec.pretrained, image_size=spec.image_size)
+
+
+def _normalization(model: nn.Module) -> tuple[Any, Any]:
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _load_data(recipe: Recipe, model: nn.Module, example_inputs: Any) -> TrainEvalData:
+    x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
+    d = recipe.data
+    mean, std = _normalization(model)
+    return load_image_data(d.source, name=d.name, path=d.path, train_split=d.train_split, eval_split=d.eval_split,
+                           image_column=d.image_column, label_column=d.label_column,
+                           image_size=d.image_size or int(x.shape[-1]), limit=d.limit, mean=mean, std=std)
+
+
+def accuracy(eval_pred: Any) -> dict[str, float]:
+    """``compute_metrics`` for image classification."""
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def ort_latency(onnx_path: Path, shape: tuple[int, ...], runs: int = 20, threads: int = 2) -> float:
+    """Median ONNX Runtime CPU latency (ms) of one batch of ``shape``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    session.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Path) -> dict[str, float]:
+    from transformers import Trainer, TrainingArguments
+
+    from ..integrations.trainer import ImageClassifierAdapter, _accepts_kwarg
+
+    args = dict(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
+                save_strategy="no", load_best_model_at_end=False)
+    wrapped = model if _accepts_kwarg(model, "pixel_values") else ImageClassifierAdapter(model)
+    trainer = Trainer(model=wrapped, args=TrainingArguments(**args), train_dataset=data.train,
+                      eval_dataset=data.eval, compute_metrics=accuracy)
+    trainer.train()
+    return _metrics(trainer.evaluate()) if data.eval is not None else {}
+
+
+def _metrics(raw: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("eval_"): v for k, v in raw.items() if k in ("eval_accuracy", "eval_loss")}
+
+
+def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunResult:
+    """Run the recipe at ``path`` end to end; returns the report and the files written."""
+    from ..integrations.onnx import export_onnx
+    from ..integrations.serialization import save_pretrained
+    from ..integrations.trainer import PruningTrainer
+
+    start = time.perf_counter()
+    recipe = load_recipe(path, overrides)
+    out = Path(recipe.training.get("output_dir", "outputs")).expanduser()
+    _check_writable(out)
+    model, example_inputs = _build_model(recipe)
+    data = _load_data(recipe, model, example_inputs)
+    report = RunReport(recipe=str(path), model=recipe.model.name or recipe.model.config.get("model_type", "?"))
+
+    if recipe.dense_epochs > 0:
+        report.dense_metrics = _dense_warmup(recipe, model, data, out)
+    args = recipe.training_arguments()
+    args.output_dir = str(out / "checkpoints")
+    trainer = PruningTrainer(model=model, args=args, pruning_config=recipe.pruning_config(),
+                             train_dataset=data.train, eval_dataset=data.eval, compute_metrics=accuracy,
+                             example_inputs=example_inputs)
+    if recipe.dense_epochs == 0 and data.eval is not None:
+        report.dense_metrics = _metrics(trainer.evaluate())
+    trainer.train()
+    report.level_history = [(h["epoch"], h["pruning/level"]) for h in trainer.state.log_history
+                            if "pruning/level" in h and "epoch" in h]
+    report.statistics = trainer.controller.statistics()
+    files: dict[str, Path] = {}
+    if recipe.outputs.strip:
+        model = trainer.strip_model()
+    if data.eval is not None:
+        report.pruned_metrics = _metrics(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        if recipe.outputs.save:
+            files["model"] = save_pretrained(model, out / "model", controller=None if recipe.outputs.strip else trainer.controller)
+            report.artifacts["model"] = str(files["model"])
+        if recipe.outputs.onnx:
+            files["onnx"] = export_onnx(model, out / "onnx", controller=trainer.controller)
+            report.artifacts["onnx"] = str(files["onnx"])
+            report.onnx = _onnx_speed(recipe, example_inputs, files["onnx"], out)
+        if recipe.outputs.push_to_hub:
+            from ..integrations.hub import push_to_hub
+
+            push_to_hub(model, recipe.outputs.push_to_hub, controller=trainer.controller, recipe=str(path))
+        report.seconds = time.perf_counter() - start
+        if recipe.outputs.report:
+            files.update({f"report_{k}": v for k, v in write_report(report, out).items()})
+    return RunResult(report, out, files)
+
+
+def _onnx_speed(recipe: Recipe, example_inputs: Any, pruned_onnx: Path, out: Path) -> dict[str, float]:
+    """Latency of the pruned ONNX model next to the dense one (a fresh dense export of the same model)."""
+    from ..integrations.onnx import export_onnx
+
+    dense, _ = _build_model(recipe)
+    dense_onnx = export_onnx(dense, out / "onnx_dense")
+    x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
+    shape = (8, *x.shape[1:])
+    dense_ms, pruned_ms = ort_latency(dense_onnx, shape), ort_latency(pruned_onnx, shape)
+    return {"batch": 8, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms}
