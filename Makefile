@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hf-prune analyze timm/resnet50
+	$(VENV)/bin/hf-prune train recipes/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from scripts.common import same_tensors
+
 SCRIPTS = Path(__file__).parent / "scripts"
 TIMEOUT_S = 300
 
@@ -27,21 +29,17 @@ def _launch(script: str, out: Path) -> list[dict]:
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
-def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def _check_runs(ranks: list[dict]) -> None:
     first, second = (r["full"] for r in ranks)
-    assert _equal(first["masks"], second["masks"]), "masks differ across ranks"
-    assert _equal(first["params"], second["params"]), "parameters differ across ranks"
+    assert same_tensors(first["masks"], second["masks"]), "masks differ across ranks"
+    assert same_tensors(first["params"], second["params"]), "parameters differ across ranks"
     assert any(not m.all() for m in first["masks"].values())
     assert first["losses"][-1] < first["losses"][0]
     for rank in ranks:
         full, resumed = rank["full"], rank["resumed"]
-        assert _equal(full["masks"], resumed["masks"])
+        assert same_tensors(full["masks"], resumed["masks"])
         assert full["scheduler"] == resumed["scheduler"]
-        assert _equal(full["state"], resumed["state"]), "resumed run does not end where the uninterrupted one did"
+        assert same_tensors(full["state"], resumed["state"]), "resumed run does not end where the uninterrupted one did"
     assert ranks[0]["files"] == ranks[1]["files"]
 
 
@@ -57,7 +55,7 @@ def test_pruning_trainer_on_two_processes(tmp_path):
 def test_accelerated_pruner_on_two_processes(tmp_path):
     ranks = _launch("ddp_accelerate.py", tmp_path)
     _check_runs(ranks)
-    assert _equal(ranks[0]["full"]["bn_stats"], ranks[1]["full"]["bn_stats"]), "BN adaptation not reduced"
+    assert same_tensors(ranks[0]["full"]["bn_stats"], ranks[1]["full"]["bn_stats"]), "BN adaptation not reduced"
     assert ranks[0]["files"] == ["checkpoint/custom_checkpoint_0.pkl", "checkpoint/model.safetensors",
                                  "checkpoint/optimizer.bin", "checkpoint/random_states_0.pkl",
                                  "checkpoint/random_states_1.pkl"]

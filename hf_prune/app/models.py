@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError
-from ..graph.analysis import default_example_inputs
-from ..integrations.serialization import from_pretrained, saved_record
+from ..integrations.serialization import from_pretrained, input_size, model_library, saved_record
 
 __all__ = ["ModelLoadError", "load_model"]
 
@@ -108,12 +107,9 @@ def _pruned_model(path: Path, num_classes: int | None, image_size: int | None) -
     if num_classes is not None:
         raise ModelLoadError(f"{path}: holds a pruned model; replacing its classifier head is not supported")
     model = from_pretrained(path).eval()
-    inputs = default_example_inputs(model)
-    if image_size is None:
-        return model, inputs
-    if isinstance(inputs, dict):
-        return model, {k: torch.randn(*v.shape[:2], image_size, image_size) for k, v in inputs.items()}
-    return model, torch.randn(*inputs.shape[:2], image_size, image_size)
+    channels, *size = input_size(model)
+    x = torch.randn(1, channels, *([image_size] * 2 if image_size else size))
+    return model, {"pixel_values": x} if model_library(model) == "transformers" else x
 
 
 def _hub_model(model_id: str, spec: str, num_classes: int | None, pretrained: bool,

@@ -21,9 +21,8 @@ from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
 from ..algorithm.controller import FilterPruningController, create_pruning_controller
 from ..config import PruningConfig
 from ..errors import HfPruneError
+from .serialization import FORMAT_VERSION, _input_shapes
 
-STATE_FORMAT = 1
-"""Version of the :meth:`PruningRun.state_dict` layout."""
 EXAMPLE_SEED = 0
 """Seed of the example inputs: every process traces the model on the same values."""
 
@@ -172,19 +171,25 @@ class PruningRun:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Masks and schedule position, with the config and model signature they belong to."""
-        return {"format": STATE_FORMAT, **self._signature(), "controller": self.controller.state_dict()}
+        """Masks and schedule position, with the config and model signature they belong to.
+
+        A superset of :func:`~hf_prune.integrations.serialization.save_pruning_state`'s layout, so
+        ``load_pruning_controller`` also reads it from a checkpoint.
+        """
+        return {"format_version": FORMAT_VERSION, **self._signature(), "controller": self.controller.state_dict(),
+                "example_inputs": _input_shapes(self.controller.analysis.example_inputs)}
 
     def load_state_dict(self, state: Mapping[str, Any], source: str | os.PathLike[str] | None = None) -> None:
         """Restore :meth:`state_dict`; :class:`PruningStateError` if it belongs to another model or config."""
         where = f" in {os.fspath(source)}" if source is not None else ""
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise PruningStateError(f"no hf_prune pruning state{where} (format {STATE_FORMAT} expected)")
+        if not isinstance(state, Mapping) or state.get("format_version") != FORMAT_VERSION:
+            raise PruningStateError(f"no hf_prune pruning state{where} (format_version {FORMAT_VERSION} expected)")
         mine = self._signature()
-        if (state["model_class"], state["groups"]) != (mine["model_class"], mine["groups"]):
+        if (state.get("model_class"), state.get("groups")) != (mine["model_class"], mine["groups"]):
             raise PruningStateError(
-                f"the pruning state{where} belongs to another model: {state['model_class']} with "
-                f"{len(state['groups'])} pruning groups, not {mine['model_class']} with {len(mine['groups'])}")
+                f"the pruning state{where} belongs to another model: {state.get('model_class')} with pruning "
+                f"groups of sizes {list((state.get('groups') or {}).values())}, not {mine['model_class']} with "
+                f"{list(mine['groups'].values())}")
         if diff := _differences(state["config"], mine["config"]):
             raise PruningStateError(f"the pruning state{where} was saved with another pruning config: "
                                     + "; ".join(f"{key}: {saved!r} saved, {now!r} now" for key, saved, now in diff))

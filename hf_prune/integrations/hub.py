@@ -67,7 +67,7 @@ def model_statistics(model: nn.Module) -> dict[str, Any]:
     """FLOPs (per image), parameters and per-stage widths of ``model`` and of its dense architecture,
     with the pruning config and statistics of its pruning record (None if it has none)."""
     dense = dense_reference(model)
-    pruned = dense_reference(model)
+    pruned = dense_reference(model)  # made a shape-only twin of ``model`` on the meta device:
     resize_to_spec(pruned, shape_spec(model, pruned))
     size = input_size(model)
     pruning = (pruning_record(model) or {}).get("pruning") or {}

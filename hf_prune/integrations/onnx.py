@@ -60,6 +60,7 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
     output = Path(output_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # Optimum uses torch's TorchScript-based exporter
         try:
             onnx_export_from_model(_exportable(model), output=output, task=task, opset=opset, do_validation=False)
         except (ValueError, RuntimeError, KeyError) as exc:

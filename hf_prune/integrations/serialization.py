@@ -184,7 +184,8 @@ def _record_strip(model: nn.Module, controller: FilterPruningController) -> None
         warnings.warn(f"the stripped model's shapes cannot be recorded for a reload: {exc}", UserWarning, stacklevel=3)
 
 
-def _check_record(record: Any, source: Path) -> dict[str, Any]:
+def _check_record(record: Any, source: Path) -> None:
+    """A record this version of hf_prune can read, or a :class:`PrunedModelError` naming ``source``."""
     if not isinstance(record, dict):
         raise PrunedModelError(f"{source}: the hf_prune record must be a mapping, got {record!r}")
     version = record.get("format_version")
@@ -193,7 +194,6 @@ def _check_record(record: Any, source: Path) -> dict[str, Any]:
                                f"reads version {FORMAT_VERSION}); upgrade hf_prune")
     if not isinstance(record.get("shape_spec"), dict) or "shapes" not in record["shape_spec"]:
         raise PrunedModelError(f"{source}: the hf_prune record has no shape_spec")
-    return record
 
 
 def _narrow(model: nn.Module, record: dict[str, Any], source: Path) -> None:
@@ -352,7 +352,12 @@ def _local_directory(path: str | os.PathLike[str]) -> Path:
     spec = str(path)
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise PrunedModelError(f"{spec}: no such directory")
-    return Path(snapshot_download(spec))
+    try:
+        return Path(snapshot_download(spec))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise PrunedModelError(f"{spec}: not a local directory, and the Hub has no such repository or cannot be "
+                               f"reached ({reason})") from exc
 
 
 def from_pretrained(path: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
@@ -367,6 +372,7 @@ def from_pretrained(path: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
     record = saved_record(config)
     if record is not None:
         _check_record(record, config_file)
+        _weight_files(directory)  # missing weights: named here rather than by transformers' generic error
     if "architecture" in config:
         return _load_timm(directory, config, record)
     if "model_type" in config:

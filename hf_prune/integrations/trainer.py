@@ -28,9 +28,8 @@ from ..algorithm.controller import FilterPruningController
 from ..config import PruningConfig
 from ..errors import HfPruneError
 from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset, is_main_process
+from .serialization import STATE_NAME
 
-PRUNING_STATE_NAME = "pruning_state.pt"
-"""The file holding masks and schedule position in every checkpoint directory."""
 FULLY_COMPRESSED = 2
 
 
@@ -97,9 +96,9 @@ class PruningCallback(TrainerCallback):
     def load_checkpoint(self, checkpoint: str | os.PathLike[str]) -> None:
         """Restore the masks and schedule position saved in ``checkpoint``; errors name what does not match."""
         self.run.check_trainable()
-        path = os.path.join(checkpoint, PRUNING_STATE_NAME)
+        path = os.path.join(checkpoint, STATE_NAME)
         if not os.path.isfile(path):
-            raise HfPruneError(f"{checkpoint} has no {PRUNING_STATE_NAME}: it was not written by a pruning run, "
+            raise HfPruneError(f"{checkpoint} has no {STATE_NAME}: it was not written by a pruning run, "
                                "so its masks and schedule position cannot be restored")
         self.run.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), source=path)
         self._restored = True
@@ -154,7 +153,7 @@ class PruningCallback(TrainerCallback):
             return
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(checkpoint):
-            _save_atomic(self.run.state_dict(), os.path.join(checkpoint, PRUNING_STATE_NAME))
+            _save_atomic(self.run.state_dict(), os.path.join(checkpoint, STATE_NAME))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:

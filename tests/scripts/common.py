@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback, TrainingArguments, set_seed
 
@@ -14,6 +15,16 @@ from hf_prune.app.data import DigitsSplits, load_digits
 IMAGE_SIZE = 16
 PRUNING = {"params": {"pruning_target": 0.5, "pruning_steps": 2, "channel_multiple": 4}}
 """Half the filters, reached at epoch 1, masks frozen from epoch 2."""
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread while a test trains: two test workers on two cores stay out of each other's way
+    (oversubscribed threads made training steps 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_resnet(seed: int = 0) -> ResNetForImageClassification:
@@ -38,6 +49,11 @@ def training_args(output_dir: str | os.PathLike[str], **overrides: Any) -> Train
 
 def masks_of(controller) -> dict[int, torch.Tensor]:
     return {gid: m.clone() for gid, m in controller.group_masks().items()}
+
+
+def same_tensors(a: dict[Any, torch.Tensor], b: dict[Any, torch.Tensor]) -> bool:
+    """Same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def summary(controller, model: torch.nn.Module, losses: list[float]) -> dict[str, Any]:

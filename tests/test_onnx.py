@@ -1,0 +1,64 @@
+"""ONNX export through Optimum, dense and stripped, transformers and timm, checked by ONNX Runtime."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from hf_prune.algorithm.controller import has_pruning_masks
+from hf_prune.integrations.onnx import OnnxExportError, check_onnx, export_onnx
+from hf_prune.integrations.serialization import PrunedModelError, logits, save_pretrained
+
+from test_serialization import images, pruned
+
+
+def onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("name", ["hf_resnet", "timm_vit"])
+def test_dense_and_stripped_exports_match_pytorch(tmp_path: Path, name: str) -> None:
+    dense, _, small = pruned(name)
+    sizes = []
+    for model in (dense, small):
+        path = export_onnx(model, tmp_path / str(len(sizes)))
+        assert path == tmp_path / str(len(sizes)) / "model.onnx"
+        x = images(model, 4)
+        with torch.no_grad():
+            np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+        sizes.append(path.stat().st_size)
+    assert sizes[1] < 0.8 * sizes[0]
+    assert name.startswith("hf_") or not hasattr(small, "config")  # Optimum's timm config went to a copy
+
+
+def test_export_from_a_saved_directory(tmp_path: Path) -> None:
+    _, _, small = pruned("hf_vit")
+    save_pretrained(small, tmp_path / "model")
+    path = export_onnx(tmp_path / "model", tmp_path / "onnx")
+    assert check_onnx(small, path) < 1e-4
+
+
+def test_masked_model_is_stripped_first_or_refused(tmp_path: Path) -> None:
+    _, controller, small = pruned("timm_resnet")
+    masked = controller.model
+    with pytest.raises(PrunedModelError, match="cannot export a model whose pruning masks are still active"):
+        export_onnx(masked, tmp_path / "refused")
+    path = export_onnx(masked, tmp_path / "onnx", controller=controller)
+    assert has_pruning_masks(masked)  # a stripped copy was exported; the model can go on training
+    assert check_onnx(small, path) < 1e-4
+
+
+def test_mismatch_fails_loudly(tmp_path: Path) -> None:
+    _, _, small = pruned("timm_resnet")
+    path = export_onnx(small, tmp_path / "onnx")
+    other = copy.deepcopy(small)
+    with torch.no_grad():
+        other.fc.bias.add_(1.0)
+    with pytest.raises(OnnxExportError, match=r"model\.onnx: ONNX Runtime's logits differ from PyTorch's by up to 1"):
+        check_onnx(other, path)
