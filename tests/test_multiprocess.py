@@ -1,4 +1,5 @@
-"""Two real processes on CPU (``torchrun --nproc_per_node 2``, gloo): PruningTrainer and AcceleratedPruner.
+"""Two real processes on CPU over gloo: PruningTrainer under ``torchrun --nproc_per_node 2``, AcceleratedPruner
+under ``accelerate launch --multi_gpu --num_processes 2`` (with ``Accelerator(cpu=True)``).
 
 Each script trains uninterrupted, then interrupted after epoch 1 and resumed; every rank reports what
 it ended with. Masks and parameters must agree across ranks, the loss must fall, the main process alone
@@ -8,6 +9,7 @@ must write one checkpoint, and the resumed run must end bit-identical to the uni
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +20,21 @@ from scripts.common import same_tensors
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TIMEOUT_S = 300
+TORCHRUN = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def _launch(script: str, out: Path) -> list[dict]:
+def _launch(launcher: list[str], script: str, out: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(SCRIPTS / script), str(out)]
+    cmd = [sys.executable, "-m", *launcher, str(SCRIPTS / script), str(out)]
     proc = subprocess.run(cmd, cwd=SCRIPTS, env=env, timeout=TIMEOUT_S, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _check_runs(ranks: list[dict]) -> None:
@@ -44,7 +52,7 @@ def _check_runs(ranks: list[dict]) -> None:
 
 
 def test_pruning_trainer_on_two_processes(tmp_path):
-    ranks = _launch("ddp_trainer.py", tmp_path)
+    ranks = _launch(TORCHRUN, "ddp_trainer.py", tmp_path)
     _check_runs(ranks)
     files = ranks[0]["files"]
     assert {f.split("/")[0] for f in files} == {"checkpoint-24"}  # save_total_limit=1: one checkpoint
@@ -53,7 +61,10 @@ def test_pruning_trainer_on_two_processes(tmp_path):
 
 
 def test_accelerated_pruner_on_two_processes(tmp_path):
-    ranks = _launch("ddp_accelerate.py", tmp_path)
+    # the README's multi-GPU command; with Accelerator(cpu=True) it runs 2 CPU processes over gloo
+    launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    ranks = _launch(launcher, "ddp_accelerate.py", tmp_path)
     _check_runs(ranks)
     assert same_tensors(ranks[0]["full"]["bn_stats"], ranks[1]["full"]["bn_stats"]), "BN adaptation not reduced"
     assert ranks[0]["files"] == ["checkpoint/custom_checkpoint_0.pkl", "checkpoint/model.safetensors",

@@ -13,14 +13,16 @@ import timm
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import ResNetConfig, ResNetForImageClassification, Trainer, TrainerCallback, default_data_collator
-from transformers import set_seed
+from transformers import (
+    AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification, Trainer, TrainerCallback,
+    default_data_collator, set_seed,
+)
 
 from hf_prune import AnalysisError, HfPruneError
 from hf_prune.app.data import load_digits
 from hf_prune.integrations.distributed import PruningStateError
 from hf_prune.integrations.serialization import STATE_NAME, load_pruning_controller
-from hf_prune.integrations.trainer import ImageClassifierAdapter, PruningCallback, PruningTrainer
+from hf_prune.integrations.trainer import PruningCallback, PruningTrainer, trainer_model
 from scripts.common import (  # noqa: F401  (single_thread is a fixture)
     PRUNING, StopAfterEpoch, digits, masks_of, same_tensors, single_thread, tiny_resnet, training_args,
 )
@@ -72,17 +74,30 @@ def test_controller_loss_is_added_in_training_only(tmp_path, data):
     assert trainer.compute_loss(model, batch).item() == pytest.approx(model(**batch).loss.item())
 
 
-@pytest.mark.parametrize("save, stop_after", [({"save_strategy": "epoch"}, 1),
-                                               ({"save_strategy": "steps", "save_steps": 12}, 2)],
-                         ids=["epoch-boundary", "mid-epoch"])
-def test_resume_continues_bit_identically(tmp_path, data, save, stop_after):
-    full = _trainer(tmp_path / "full", data, **save)
+def _own_trainer(output_dir: Path, data, callbacks=None, **args) -> Trainer:
+    """A plain Trainer with a PruningCallback installed (what users with their own Trainer do)."""
+    trainer = Trainer(tiny_resnet(), training_args(output_dir, **args), train_dataset=data.train, callbacks=callbacks)
+    PruningCallback(PRUNING).install(trainer)
+    return trainer
+
+
+def _controller(trainer: Trainer):
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PruningCallback)).controller
+
+
+@pytest.mark.parametrize("make, save, stop_after", [
+    (_trainer, {"save_strategy": "epoch"}, 1),
+    (_trainer, {"save_strategy": "steps", "save_steps": 12}, 2),
+    (_own_trainer, {"save_strategy": "epoch"}, 1),
+], ids=["epoch-boundary", "mid-epoch", "own-trainer"])
+def test_resume_continues_bit_identically(tmp_path, data, make, save, stop_after):
+    full = make(tmp_path / "full", data, **save)
     full.train()
-    _trainer(tmp_path / "resumed", data, callbacks=[StopAfterEpoch(stop_after)], **save).train()
-    resumed = _trainer(tmp_path / "resumed", data, **save)
+    make(tmp_path / "resumed", data, callbacks=[StopAfterEpoch(stop_after)], **save).train()
+    resumed = make(tmp_path / "resumed", data, **save)
     resumed.train(resume_from_checkpoint=True)
-    assert same_tensors(masks_of(resumed.controller), masks_of(full.controller))
-    assert resumed.controller.scheduler.state_dict() == full.controller.scheduler.state_dict()
+    assert same_tensors(masks_of(_controller(resumed)), masks_of(_controller(full)))
+    assert _controller(resumed).scheduler.state_dict() == _controller(full).scheduler.state_dict()
     assert same_tensors(resumed.model.state_dict(), full.model.state_dict())
 
 
@@ -106,15 +121,24 @@ def test_callback_in_a_users_own_trainer(tmp_path, data):
 
     config = {"params": {"schedule": "baseline", "pruning_target": 0.5, "channel_multiple": 4,
                          "regularization_weight": 0.5}}
-    callback = PruningCallback(config)
+    class Reporter(TrainerCallback):
+        """Stands for TensorBoard & co: records what it is given to log."""
+
+        logged: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logged.append(dict(logs))
+
     model = tiny_resnet()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = OwnTrainer(model, training_args(tmp_path, optim="sgd", num_train_epochs=2), train_dataset=data.train,
-                         callbacks=[callback])
+                         callbacks=[Reporter()])
+    callback = PruningCallback(config).install(trainer)
     trainer.train()
     ctrl = callback.controller
     assert ctrl.model is model and ctrl.frozen and ctrl.compression_stage() == 2
-    assert all("pruning/level" in h for h in trainer.state.log_history)
+    assert all(h["pruning/level"] == 0.5 for h in trainer.state.log_history)
+    assert all(logs["pruning/compression_stage"] == 2 for logs in Reporter.logged)
     for info in ctrl.pruned_modules:  # masked filters get no task gradient, only the controller loss's
         pruned = ~info.mask
         old = before[info.param].movedim(info.dim, 0)[pruned].flatten(1).norm(dim=1)
@@ -130,6 +154,10 @@ def test_strip_model_returns_the_smaller_model_and_ends_training(tmp_path, data)
     small = trainer.strip_model()
     assert small is trainer.model and sum(p.numel() for p in small.parameters()) < params
     assert trainer.evaluate()["eval_loss"] == pytest.approx(loss, rel=1e-5)
+    trainer.save_model(tmp_path / "small")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "small").eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(reloaded(pixel_values=x).logits, small.eval()(pixel_values=x).logits)
     with pytest.raises(HfPruneError, match="stripped"):
         trainer.train()
 
@@ -201,7 +229,7 @@ def test_half_the_flops_pruned_stays_within_two_points_of_dense(tmp_path):
     set_seed(0)
     model = timm.create_model("test_resnet", num_classes=10)
     args = dict(per_device_train_batch_size=64, learning_rate=3e-3, lr_scheduler_type="cosine")
-    dense = Trainer(ImageClassifierAdapter(model), training_args(tmp_path / "dense", num_train_epochs=5, **args),
+    dense = Trainer(trainer_model(model), training_args(tmp_path / "dense", num_train_epochs=5, **args),
                     train_dataset=data.train, eval_dataset=data.test, compute_metrics=_accuracy)
     dense.train()
     dense_accuracy = dense.evaluate()["eval_accuracy"]

@@ -19,8 +19,9 @@ from torch import nn
 
 from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
 from ..algorithm.controller import FilterPruningController, create_pruning_controller
+from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
-from ..errors import HfPruneError
+from ..errors import HfPruneError, PruningLevelError
 from .serialization import FORMAT_VERSION, _input_shapes
 
 EXAMPLE_SEED = 0
@@ -72,12 +73,12 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
         sample = dataset[0]
         image = sample["pixel_values"] if isinstance(sample, Mapping) else sample[0]
         shape = torch.as_tensor(image).shape
-    except (TypeError, KeyError, IndexError, NotImplementedError) as exc:
+    except (TypeError, KeyError, IndexError, NotImplementedError, RuntimeError, ValueError) as exc:
         raise HfPruneError(f"cannot take example inputs from {type(dataset).__name__} ({exc!r}): pass "
                            "example_inputs=, e.g. {'pixel_values': torch.randn(1, 3, 224, 224)}") from exc
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
-    device = next(model.parameters()).device
-    x = torch.randn((1, *shape), generator=generator).to(device)
+    param = next(model.parameters())
+    x = torch.randn((1, *shape), generator=generator).to(param.device, param.dtype)
     return {"pixel_values": x} if _accepts_kwarg(model, "pixel_values") else x
 
 
@@ -146,8 +147,8 @@ class PruningRun:
             "pruning/compression_stage": ctrl.compression_stage(),
         }
 
-    def statistics(self, quickly_collected_only: bool = False):
-        """The controller's :class:`~hf_prune.PruningStatistics`."""
+    def statistics(self, quickly_collected_only: bool = False) -> PruningStatistics:
+        """The controller's statistics (levels, FLOPs and parameters before/after, per-layer table)."""
         return self.controller.statistics(quickly_collected_only)
 
     # ------------------------------------------------------------------ strip
@@ -159,11 +160,10 @@ class PruningRun:
     def check_trainable(self) -> None:
         """Raise if the model was stripped: the optimizer and any wrapper still hold the old tensors."""
         shapes = self.controller.analysis.trace.param_shapes
-        changed = next((name for name, p in self.model.named_parameters()
-                        if name in shapes and tuple(p.shape) != tuple(shapes[name])), None)
-        if self._stripped or changed is not None:
-            where = f" ({changed}: {tuple(shapes[changed])} -> {tuple(self.model.get_parameter(changed).shape)})" \
-                if changed is not None else ""
+        changed = [f"{name}: {tuple(shapes[name])} -> {tuple(p.shape)}" for name, p in self.model.named_parameters()
+                   if name in shapes and tuple(p.shape) != tuple(shapes[name])]
+        if self._stripped or changed:
+            where = f" ({changed[0]})" if changed else ""
             raise HfPruneError(
                 f"the model was stripped{where}; its optimizer and distributed wrapper still hold the old tensors "
                 "and would silently stop training the new ones. Fine-tune a stripped model with a new "
@@ -185,15 +185,18 @@ class PruningRun:
         if not isinstance(state, Mapping) or state.get("format_version") != FORMAT_VERSION:
             raise PruningStateError(f"no hf_prune pruning state{where} (format_version {FORMAT_VERSION} expected)")
         mine = self._signature()
-        if (state.get("model_class"), state.get("groups")) != (mine["model_class"], mine["groups"]):
+        if "groups" in state and (state["model_class"], state["groups"]) != (mine["model_class"], mine["groups"]):
             raise PruningStateError(
-                f"the pruning state{where} belongs to another model: {state.get('model_class')} with pruning "
-                f"groups of sizes {list((state.get('groups') or {}).values())}, not {mine['model_class']} with "
+                f"the pruning state{where} belongs to another model: {state['model_class']} with pruning groups "
+                f"of sizes {list(state['groups'].values())}, not {mine['model_class']} with "
                 f"{list(mine['groups'].values())}")
         if diff := _differences(state["config"], mine["config"]):
             raise PruningStateError(f"the pruning state{where} was saved with another pruning config: "
                                     + "; ".join(f"{key}: {saved!r} saved, {now!r} now" for key, saved, now in diff))
-        self.controller.load_state_dict(state["controller"])
+        try:
+            self.controller.load_state_dict(state["controller"])
+        except PruningLevelError as exc:  # a state without model signature (serialization.save_pruning_state)
+            raise PruningStateError(f"the pruning state{where} does not fit this model: {exc}") from None
 
     def _signature(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,7 @@
 
 The callback carries the whole behaviour (schedule, masks shared by every process, logging, pruning
 state in every checkpoint, resume, best-checkpoint gating), so a user's own ``Trainer`` subclass gets it
-with ``callbacks=[PruningCallback(config)]``. :class:`PruningTrainer` adds what only a Trainer can do:
+with ``PruningCallback(config).install(trainer)``. :class:`PruningTrainer` adds what only a Trainer can do:
 it builds the controller before the model is wrapped, adds the controller's loss in ``compute_loss``,
 trains timm models (tensor in, logits out) without user code, and strips the model at the end.
 """
@@ -27,7 +27,7 @@ from ..algorithm.bn_adaptation import _accepts_kwarg
 from ..algorithm.controller import FilterPruningController
 from ..config import PruningConfig
 from ..errors import HfPruneError
-from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset, is_main_process
+from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset
 from .serialization import STATE_NAME
 
 FULLY_COMPRESSED = 2
@@ -51,6 +51,12 @@ class ImageClassifierAdapter(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def trainer_model(model: nn.Module) -> nn.Module:
+    """``model`` as ``transformers.Trainer`` calls it (``model(pixel_values=..., labels=...)``): itself if it
+    takes ``pixel_values``, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
+    return model if _accepts_kwarg(model, "pixel_values") else ImageClassifierAdapter(model)
 
 
 class PruningCallback(TrainerCallback):
@@ -83,6 +89,15 @@ class PruningCallback(TrainerCallback):
         if self.run is None:
             raise HfPruneError("the pruning controller is built when training begins")
         return self.run.controller
+
+    def install(self, trainer: Trainer) -> PruningCallback:
+        """Put this callback first among ``trainer``'s callbacks, ahead of the reporting integrations
+        (TensorBoard, W&B, ...), so that they log the pruning values too. Returns the callback."""
+        callbacks = trainer.callback_handler.callbacks
+        if self in callbacks:
+            callbacks.remove(self)
+        callbacks.insert(0, self)
+        return self
 
     def build(self, model: nn.Module, dataset: Any = None) -> PruningRun:
         """Build the controller on the unwrapped ``model``; example inputs come from ``dataset[0]`` if
@@ -149,7 +164,7 @@ class PruningCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
-        if not (state.is_world_process_zero and is_main_process()):
+        if not state.is_world_process_zero:
             return
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(checkpoint):
@@ -177,11 +192,10 @@ class PruningTrainer(Trainer):
         if not isinstance(model, nn.Module):
             raise TypeError("PruningTrainer needs model= (a torch.nn.Module; model_init is not supported): "
                             f"the pruning controller is built on it, got {type(model).__name__}")
-        super().__init__(model=model if _accepts_kwarg(model, "pixel_values") else ImageClassifierAdapter(model),
-                         args=args, **kwargs)
+        super().__init__(model=trainer_model(model), args=args, **kwargs)
         self.pruning_callback.build(model, self.train_dataset)
         self.pruning_callback.adds_loss_gradients = False  # compute_loss adds the loss itself
-        self.callback_handler.callbacks.insert(0, self.pruning_callback)  # before the loggers read `logs`
+        self.pruning_callback.install(self)
 
     @property
     def pruning_run(self) -> PruningRun:

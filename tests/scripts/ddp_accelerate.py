@@ -1,4 +1,5 @@
-"""AcceleratedPruner in a custom loop on 2 processes (``torchrun --nproc_per_node 2``, gloo on CPU).
+"""AcceleratedPruner in a custom loop on 2 processes (``accelerate launch --multi_gpu --num_processes 2``
+or ``torchrun --nproc_per_node 2``; ``Accelerator(cpu=True)`` makes it gloo on CPU).
 
 Trains uninterrupted, then stops after epoch 1 and resumes with ``accelerator.load_state``; each rank
 saves its masks, parameters, BatchNorm statistics right after adaptation and its losses to
@@ -58,7 +59,8 @@ def main(out: Path) -> None:
     full = train(out / "full", data)
     train(out / "resumed", data, stop_after=1)
     resumed = train(out / "resumed", data, resume=True)
-    torch.save({"full": full, "resumed": resumed, "files": files_under(out / "full")}, out / f"rank{os.environ['RANK']}.pt")
+    report = {"full": full, "resumed": resumed, "files": files_under(out / "full")}
+    torch.save(report, out / f"rank{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":

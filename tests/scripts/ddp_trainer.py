@@ -32,7 +32,8 @@ def main(out: Path) -> None:
     full = train(out / "full", data)
     train(out / "resumed", data, stop_after=1)
     resumed = train(out / "resumed", data, resume=True)
-    torch.save({"full": full, "resumed": resumed, "files": files_under(out / "full")}, out / f"rank{os.environ['RANK']}.pt")
+    report = {"full": full, "resumed": resumed, "files": files_under(out / "full")}
+    torch.save(report, out / f"rank{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":
