@@ -6,11 +6,15 @@ from .config import LegrParams, PruningConfig, PruningConfigError, PruningParams
 from .errors import AnalysisError, HfPruneError, PruningLevelError, ScopeError
 from .graph.analysis import ModelAnalysis, analyze_model
 from .graph.groups import PruningGroup, PruningPolicy
+from .integrations.accelerate import AcceleratedPruner
+from .integrations.distributed import PruningStateError
+from .integrations.trainer import PruningCallback, PruningTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnalysisError", "FilterPruningController", "HfPruneError", "LegrParams", "ModelAnalysis",
+    "AcceleratedPruner", "AnalysisError", "FilterPruningController", "PruningCallback", "PruningStateError",
+    "PruningTrainer", "HfPruneError", "LegrParams", "ModelAnalysis",
     "PrunedModuleInfo", "PruningConfig", "PruningConfigError", "PruningGroup", "PruningLevelError",
     "PruningParams", "PruningPolicy", "PruningStatistics", "ScopeError", "analyze_model",
     "create_pruning_controller",

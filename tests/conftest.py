@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=UserWarning, module="timm")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one intra-op thread each, or they oversubscribe the cores
+    torch.set_num_threads(1)
 
 
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -7,7 +7,8 @@ Spec forms, resolved in this order:
 - a ``.json`` transformers config file (random init);
 - an existing directory: timm's Hub layout if its ``config.json`` has an ``architecture`` key, else a
   transformers directory; weights in it (``model.safetensors`` / ``pytorch_model.bin``) are always loaded;
-  a directory hf_prune saved a stripped model in loads through :func:`hf_prune.integrations.serialization.from_pretrained`;
+  a stripped model hf_prune saved (its config.json records the pruned shapes) loads through
+  :func:`hf_prune.integrations.serialization.from_pretrained`;
 - a bare name timm knows;
 - ``org/name``: a transformers model on the Hugging Face Hub.
 

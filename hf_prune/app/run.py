@@ -66,6 +66,13 @@ def _build_model(recipe: Recipe) -> tuple[nn.Module, Any]:
     return load_model(spec.name, num_classes=spec.num_classes, pretrained=spec.pretrained, image_size=spec.image_size)
 
 
+def _seeded(inputs: Any) -> Any:
+    g = torch.Generator().manual_seed(0)
+    if isinstance(inputs, dict):
+        return {k: torch.randn(v.shape, generator=g) for k, v in inputs.items()}
+    return torch.randn(inputs.shape, generator=g)
+
+
 def _normalization(model: nn.Module) -> tuple[Any, Any]:
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("mean"):
@@ -111,12 +118,11 @@ def ort_latency(onnx_path: Path, shape: tuple[int, ...], runs: int = 20, threads
 def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Path) -> dict[str, float]:
     from transformers import Trainer, TrainingArguments
 
-    from ..integrations.trainer import ImageClassifierAdapter, _accepts_kwarg
+    from ..integrations.trainer import trainer_model
 
     args = dict(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
                 save_strategy="no", load_best_model_at_end=False)
-    wrapped = model if _accepts_kwarg(model, "pixel_values") else ImageClassifierAdapter(model)
-    trainer = Trainer(model=wrapped, args=TrainingArguments(**args), train_dataset=data.train,
+    trainer = Trainer(model=trainer_model(model), args=TrainingArguments(**args), train_dataset=data.train,
                       eval_dataset=data.eval, compute_metrics=accuracy)
     trainer.train()
     return _metrics(trainer.evaluate()) if data.eval is not None else {}
@@ -137,6 +143,7 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
     out = Path(recipe.training.get("output_dir", "outputs")).expanduser()
     _check_writable(out)
     model, example_inputs = _build_model(recipe)
+    example_inputs = _seeded(example_inputs)  # every process of a distributed run traces the same inputs
     data = _load_data(recipe, model, example_inputs)
     report = RunReport(recipe=str(path), model=recipe.model.name or recipe.model.config.get("model_type", "?"))
 

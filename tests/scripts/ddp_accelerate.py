@@ -20,7 +20,8 @@ from common import PRUNING, digits, files_under, summary, tiny_resnet
 from hf_prune.integrations.accelerate import AcceleratedPruner
 
 EPOCHS = 3
-CONFIG = {**PRUNING, "pruning_init": 0.25}  # masks from the start: BatchNorm adaptation runs
+# masks from the start (BatchNorm adaptation runs) and a controller loss that goes through DDP
+CONFIG = {"pruning_init": 0.25, "params": {**PRUNING["params"], "regularization_weight": 0.01}}
 
 
 def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = False) -> dict:

@@ -15,11 +15,13 @@ import torch
 from common import PRUNING, StopAfterEpoch, digits, files_under, summary, tiny_resnet, training_args
 from hf_prune.integrations.trainer import PruningTrainer
 
+CONFIG = {"params": {**PRUNING["params"], "regularization_weight": 0.01}}  # the controller's loss goes through DDP
+
 
 def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = False) -> dict:
     args = training_args(output_dir, save_strategy="epoch", save_total_limit=1, ddp_backend="gloo",
                          per_device_train_batch_size=16)
-    trainer = PruningTrainer(tiny_resnet(), args, pruning_config=PRUNING, train_dataset=data.train,
+    trainer = PruningTrainer(tiny_resnet(), args, pruning_config=CONFIG, train_dataset=data.train,
                              callbacks=[StopAfterEpoch(stop_after)] if stop_after else None)
     trainer.train(resume_from_checkpoint=resume or None)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
