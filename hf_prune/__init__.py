@@ -8,6 +8,11 @@ from .graph.analysis import ModelAnalysis, analyze_model
 from .graph.groups import PruningGroup, PruningPolicy
 from .integrations.accelerate import AcceleratedPruner
 from .integrations.distributed import PruningStateError
+from .integrations.hub import push_to_hub
+from .integrations.onnx import OnnxExportError, export_onnx
+from .integrations.serialization import (
+    PrunedModelError, from_pretrained, load_pruning_controller, save_pretrained, save_pruning_state,
+)
 from .integrations.trainer import PruningCallback, PruningTrainer
 
 __version__ = "0.1.0"
@@ -17,5 +22,6 @@ __all__ = [
     "PruningTrainer", "HfPruneError", "LegrParams", "ModelAnalysis",
     "PrunedModuleInfo", "PruningConfig", "PruningConfigError", "PruningGroup", "PruningLevelError",
     "PruningParams", "PruningPolicy", "PruningStatistics", "ScopeError", "analyze_model",
-    "create_pruning_controller",
+    "create_pruning_controller", "export_onnx", "from_pretrained", "load_pruning_controller", "push_to_hub",
+    "save_pretrained", "save_pruning_state", "OnnxExportError", "PrunedModelError",
 ]
