@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -248,3 +249,22 @@ def test_half_the_flops_pruned_stays_within_two_points_of_dense(tmp_path):
     trainer.save_model(tmp_path / "small")  # the timm model's own keys and (smaller) shapes
     saved = load_file(tmp_path / "small" / "model.safetensors")
     assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in small.state_dict().items()}
+
+
+def test_learned_ranking_is_searched_before_training(tmp_path, data):
+    coeffs = tmp_path / "coeffs.json"
+    legr = {"generations": 3, "train_steps": 2, "population_size": 3, "num_samples": 2, "mutate_percent": 1.0}
+    config = {"params": {**PRUNING["params"], "interlayer_ranking_type": "learned_ranking", "legr_params": legr,
+                         "save_ranking_coeffs_path": str(coeffs)}}
+    trainer = _trainer(tmp_path / "run", data, config=config, num_train_epochs=1)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    coefficients = trainer.learn_ranking()
+    assert coeffs.is_file() and trainer.controller.ranking is coefficients
+    saved = json.loads(coeffs.read_text())["groups"]
+    assert {int(g): (v["a"], v["b"]) for g, v in saved.items()} == coefficients.coefficients
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())  # search leaves weights
+    trainer.train()  # does not search again
+    assert trainer.controller.ranking is coefficients
+    no_eval = PruningTrainer(tiny_resnet(), training_args(tmp_path / "x"), pruning_config=config, train_dataset=data.train)
+    with pytest.raises(HfPruneError, match="eval_dataset"):
+        no_eval.train()

@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..algorithm.bn_adaptation import _accepts_kwarg
 from ..algorithm.controller import FilterPruningController
+from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
 from ..errors import HfPruneError
 from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset
@@ -189,6 +190,7 @@ class PruningTrainer(Trainer):
                  pruning_config: PruningConfig | Mapping[str, Any] | str | os.PathLike[str],
                  example_inputs: Any = None, **kwargs: Any) -> None:
         self.pruning_callback = PruningCallback(pruning_config, example_inputs)
+        self._ranking_learned = False
         if not isinstance(model, nn.Module):
             raise TypeError("PruningTrainer needs model= (a torch.nn.Module; model_init is not supported): "
                             f"the pruning controller is built on it, got {type(model).__name__}")
@@ -230,6 +232,50 @@ class PruningTrainer(Trainer):
             return super()._load_optimizer_and_scheduler(checkpoint)
         self.optimizer.load_state_dict(torch.load(optimizer_file, map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train``; with ``learned_ranking`` and no coefficients file, LeGR searches first."""
+        params = self.controller.config.params
+        if (params.interlayer_ranking_type == "learned_ranking" and not params.load_ranking_coeffs_path
+                and not resume_from_checkpoint and not self._ranking_learned):
+            self.learn_ranking()
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def learn_ranking(self) -> RankingCoefficients:
+        """LeGR's search with this trainer's data: each candidate is fine-tuned ``legr_params.train_steps``
+        steps (SGD at ``args.learning_rate``) and rewarded with minus the evaluation loss."""
+        if self.eval_dataset is None:
+            raise HfPruneError("learned_ranking needs eval_dataset=: the LeGR reward is minus the evaluation loss")
+        model, train_loader, eval_loader = self.model, self.get_train_dataloader(), self.get_eval_dataloader()
+
+        def train_fn(_: nn.Module, steps: int) -> None:
+            optimizer = torch.optim.SGD(model.parameters(), lr=self.args.learning_rate)
+            model.train()
+            batches = iter(train_loader)
+            for _ in range(steps):
+                batch = next(batches, None)
+                if batch is None:
+                    batches = iter(train_loader)
+                    batch = next(batches)
+                loss = self.compute_loss(model, self._prepare_inputs(batch))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+        @torch.no_grad()
+        def reward_fn(_: nn.Module) -> float:
+            model.eval()
+            total, count = 0.0, 0
+            for batch in eval_loader:
+                inputs = self._prepare_inputs(batch)
+                n = len(inputs["labels"])
+                total += float(self.compute_loss(model, inputs)) * n
+                count += n
+            return -total / max(count, 1)
+
+        coefficients = self.controller.learn_ranking(train_fn, reward_fn, show_progress=self.is_world_process_zero())
+        self._ranking_learned = True
+        return coefficients
 
     def strip_model(self) -> nn.Module:
         """Remove the pruned channels for good (masks detached) and return the user's model, now smaller.
