@@ -63,3 +63,23 @@ def test_unwritable_output_dir(tmp_path, capsys):
 def test_missing_recipe(tmp_path, capsys):
     assert main(["train", str(tmp_path / "none.yaml")]) == 2
     assert "recipe not found" in capsys.readouterr().err
+
+
+def test_same_recipe_on_two_processes(tmp_path):
+    """The demo recipe, unchanged, under torchrun with 2 CPU processes (gloo): one set of products."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "hf_prune.app.cli", "train", str(DEMO), *_small(out), "--set", "training.use_cpu=true",
+           "--set", "training.disable_tqdm=true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report.json") == 1  # only the main process reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["statistics"]["flops_after"] < 0.52 * report["statistics"]["flops_before"]
+    assert hf_prune.from_pretrained(out / "model")(torch.randn(1, 3, 16, 16)).shape == (1, 10)
