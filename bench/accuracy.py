@@ -50,7 +50,7 @@ def main() -> None:
             steps = max(1, round(finetune * 2 / 3))
             config = {"pruning_init": 0.1 * target / 0.5,
                       "params": {"schedule": "exponential", "pruning_flops_target": target, "pruning_steps": steps,
-                                 "prune_downsample_convs": True}}
+                                 "prune_downsample_convs": True, "prune_first_conv": True}}
             pruned, ctrl = digits.prune_and_finetune(dense, splits, config, finetune, args.lr)
             acc, _ = digits.evaluate(pruned, splits.test)
             stats = ctrl.statistics()
@@ -67,8 +67,7 @@ def main() -> None:
     notes = [f"Digits (scikit-learn, 1,438 train / 359 test images, {digits.IMAGE_SIZE}×{digits.IMAGE_SIZE}), random "
              f"init, AdamW lr {args.lr}. Dense: {dense_epochs} + {finetune} epochs. Pruned: the same "
              f"{dense_epochs} dense epochs, then {finetune} epochs of fine-tuning with the exponential schedule "
-             "(L2 importance; downsample convolutions pruned too so that 70% is reachable; first convolution kept), "
-             "then strip."]
+             "(L2 importance; first and downsample convolutions pruned too, so that 70% is reachable), then strip."]
     meta = {"title": "hf_prune accuracy on digits", "load_average_start": load_start, "quick": args.quick}
     name = "accuracy_quick" if args.quick else "accuracy"
     print(common.write_results(name, rows, columns, meta, notes).read_text())
