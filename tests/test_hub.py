@@ -112,3 +112,20 @@ def test_recipe_dict_is_rendered_as_yaml(hub: list[dict[str, Any]]) -> None:
     with torch.no_grad():
         x = torch.randn(2, 3, 32, 32)
         torch.testing.assert_close(logits(hub[0]["model"], x), logits(stripped, x))
+
+
+def test_pruning_trainer_push_to_hub(hub: list[dict[str, Any]], tmp_path: Path) -> None:
+    from hf_prune import PruningTrainer
+    from scripts.common import digits, tiny_resnet, training_args
+
+    data = digits(limit=64)
+    trainer = PruningTrainer(tiny_resnet(), training_args(tmp_path, num_train_epochs=2), train_dataset=data.train,
+                             pruning_config={"params": {"pruning_target": 0.5, "pruning_steps": 1, "channel_multiple": 4}})
+    trainer.train()
+    trainer.push_to_hub("me/tiny-pruned", recipe={"pruning": {"params": {"pruning_target": 0.5}}})
+    upload = hub[-1]
+    assert upload["repo_id"] == "me/tiny-pruned" and "README.md" in upload["files"]
+    small = trainer.strip_model()
+    assert_same(upload["model"], small)
+    assert {"hf_prune", "pruned", "filter-pruning"} <= set(upload["card"].data.tags)
+    assert "pruning_target: 0.5" in upload["card"].text

@@ -277,6 +277,24 @@ class PruningTrainer(Trainer):
         self._ranking_learned = True
         return coefficients
 
+    def push_to_hub(self, repo_id: str | None = None, commit_message: str = "Upload model pruned with hf_prune",
+                    recipe: Any = None, base_model: str | None = None, **kwargs: Any) -> Any:
+        """Upload the stripped model (a stripped copy while masks are still active) with a model card
+        holding the pruning statistics, config and ``recipe``; see :func:`hf_prune.push_to_hub`.
+
+        ``repo_id`` defaults to ``args.hub_model_id``; the token and privacy come from the arguments.
+        """
+        from .hub import push_to_hub
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise HfPruneError("push_to_hub needs a repo_id (or TrainingArguments(hub_model_id=...))")
+        if not self.is_world_process_zero():
+            return None
+        return push_to_hub(self.pruning_run.model, repo_id, controller=self.controller, recipe=recipe,
+                           base_model=base_model, private=self.args.hub_private_repo, token=self.args.hub_token,
+                           commit_message=commit_message)
+
     def strip_model(self) -> nn.Module:
         """Remove the pruned channels for good (masks detached) and return the user's model, now smaller.
 
