@@ -11,14 +11,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from torch import nn
 
 from ..errors import ScopeError
 from .adapters import attention_adapter, class_path
-from .spaces import Label, SpaceTable
+from .spaces import SpaceTable
 from .trace import ModelTrace
 
 

@@ -10,7 +10,7 @@ seconds of ``torch.export``. Module hooks give every op its module path for erro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch

@@ -9,7 +9,7 @@ error as the stated reason: a strip never silently yields a different model.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

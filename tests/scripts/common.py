@@ -75,3 +75,15 @@ class StopAfterEpoch(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         control.should_training_stop = round(state.epoch) == self.epoch
+
+
+def run_full_and_resumed(train: Any, out: Path) -> None:
+    """One rank of a multi-process test: an uninterrupted run, one stopped after epoch 1 and resumed;
+    the rank's results go to ``out/rank<RANK>.pt`` for the test to compare across ranks."""
+    torch.set_num_threads(1)
+    data = digits()
+    full = train(out / "full", data)
+    train(out / "resumed", data, stop_after=1)
+    resumed = train(out / "resumed", data, resume=True)
+    report = {"full": full, "resumed": resumed, "files": files_under(out / "full")}
+    torch.save(report, out / f"rank{os.environ['RANK']}.pt")

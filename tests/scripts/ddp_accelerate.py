@@ -8,7 +8,6 @@ saves its masks, parameters, BatchNorm statistics right after adaptation and its
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from torch.utils.data import DataLoader
 
-from common import PRUNING, digits, files_under, summary, tiny_resnet
+from common import PRUNING, run_full_and_resumed, summary, tiny_resnet
 from hf_prune.integrations.accelerate import AcceleratedPruner
 
 EPOCHS = 3
@@ -54,15 +53,7 @@ def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = 
     return {**summary(pruner.controller, pruner.model, losses), "bn_stats": bn_stats}
 
 
-def main(out: Path) -> None:
-    torch.set_num_threads(1)
-    data = digits()
-    full = train(out / "full", data)
-    train(out / "resumed", data, stop_after=1)
-    resumed = train(out / "resumed", data, resume=True)
-    report = {"full": full, "resumed": resumed, "files": files_under(out / "full")}
-    torch.save(report, out / f"rank{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    run_full_and_resumed(train, Path(sys.argv[1]))

@@ -6,13 +6,11 @@ what both runs ended with and the files of the uninterrupted run to ``<out>/rank
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-import torch
 
-from common import PRUNING, StopAfterEpoch, digits, files_under, summary, tiny_resnet, training_args
+from common import PRUNING, StopAfterEpoch, run_full_and_resumed, summary, tiny_resnet, training_args
 from hf_prune.integrations.trainer import PruningTrainer
 
 CONFIG = {"params": {**PRUNING["params"], "regularization_weight": 0.01}}  # the controller's loss goes through DDP
@@ -28,15 +26,7 @@ def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = 
     return summary(trainer.controller, trainer.model, losses)
 
 
-def main(out: Path) -> None:
-    torch.set_num_threads(1)
-    data = digits()
-    full = train(out / "full", data)
-    train(out / "resumed", data, stop_after=1)
-    resumed = train(out / "resumed", data, resume=True)
-    report = {"full": full, "resumed": resumed, "files": files_under(out / "full")}
-    torch.save(report, out / f"rank{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    run_full_and_resumed(train, Path(sys.argv[1]))
