@@ -33,9 +33,10 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=6, help="fine-tuning epochs (pruning schedule inside)")
     parser.add_argument("--quick", action="store_true", help="1 + 2 epochs, 50% only")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     load_start = [round(x, 2) for x in os.getloadavg()]
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     dense_epochs, finetune = (1, 2) if args.quick else (args.dense, args.finetune)
     targets = (0.5,) if args.quick else TARGETS
     splits = digits.data()
@@ -45,6 +46,7 @@ def main() -> None:
         start = time.perf_counter()
         dense = digits.train_dense(build(), splits, dense_epochs, args.lr)
         baseline = digits.train_dense(copy.deepcopy(dense), splits, finetune, args.lr)
+        digits.recalibrate(baseline, splits)
         dense_acc, _ = digits.evaluate(baseline, splits.test)
         for target in targets:
             steps = max(1, round(finetune * 2 / 3))
@@ -52,6 +54,7 @@ def main() -> None:
                       "params": {"schedule": "exponential", "pruning_flops_target": target, "pruning_steps": steps,
                                  "prune_downsample_convs": True, "prune_first_conv": True}}
             pruned, ctrl = digits.prune_and_finetune(dense, splits, config, finetune, args.lr)
+            digits.recalibrate(pruned, splits)
             acc, _ = digits.evaluate(pruned, splits.test)
             stats = ctrl.statistics()
             rows.append({"model": name, "target": target, "flops_reduction": 1 - stats.flops_after / stats.flops_before,

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 import common  # noqa: F401 - puts the repo root on sys.path
 import hf_prune
+from hf_prune.algorithm.bn_adaptation import adapt_batchnorm
 from hf_prune.app.data import DigitsSplits, load_digits
 
 IMAGE_SIZE = 32
@@ -46,6 +47,11 @@ def evaluate(model: torch.nn.Module, dataset: Any) -> tuple[float, float]:
     x = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))])
     out = logits(model, x)
     return float((out.argmax(-1) == dataset.labels).float().mean()), float(F.cross_entropy(out, dataset.labels))
+
+
+def recalibrate(model: torch.nn.Module, splits: DigitsSplits) -> None:
+    """Re-estimate BatchNorm statistics on the training set (hf_prune's BN adaptation)."""
+    adapt_batchnorm(model, loader(splits.train, seed=7), len(splits.train))
 
 
 def loader(dataset: Any, seed: int = 0, batch_size: int = 64) -> DataLoader:
