@@ -70,7 +70,9 @@ def main() -> None:
     notes = [f"Digits (scikit-learn, 1,438 train / 359 test images, {digits.IMAGE_SIZE}×{digits.IMAGE_SIZE}), random "
              f"init, AdamW lr {args.lr}. Dense: {dense_epochs} + {finetune} epochs. Pruned: the same "
              f"{dense_epochs} dense epochs, then {finetune} epochs of fine-tuning with the exponential schedule "
-             "(L2 importance; first and downsample convolutions pruned too, so that 70% is reachable), then strip."]
+             "(L2 importance; first and downsample convolutions pruned too, so that 70% is reachable), then strip. "
+             "Before every evaluation, dense and pruned alike, BatchNorm statistics are re-estimated on the training "
+             "set (on 32 px digits they otherwise swing by tens of points from epoch to epoch)."]
     meta = {"title": "hf_prune accuracy on digits", "load_average_start": load_start, "quick": args.quick}
     name = "accuracy_quick" if args.quick else "accuracy"
     print(common.write_results(name, rows, columns, meta, notes).read_text())
