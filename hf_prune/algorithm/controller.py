@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import PruningConfig
-from ..errors import PruningLevelError
+from ..errors import NothingPrunableError, PruningLevelError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy
 from ..graph.surgery import strip, zero_pruned
@@ -56,24 +56,34 @@ class CompressionLoss:
     def __init__(self, controller: "FilterPruningController", weight: float) -> None:
         self._controller = controller
         self.weight = weight
+        self._cache: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        self._cache_version = -1
 
     def __call__(self) -> torch.Tensor:
         return self.calculate()
 
     def calculate(self) -> torch.Tensor:
         ctrl = self._controller
-        params = dict(ctrl.model.named_parameters())
-        device = next(iter(params.values())).device if params else torch.device("cpu")
         if self.weight == 0 or not ctrl.levels_nonzero:
-            return torch.zeros((), device=device)
-        total = torch.zeros((), device=device)
-        for info in ctrl.pruned_modules:
-            pruned = ~info.mask
-            if not bool(pruned.any()):
-                continue
-            w = params[info.param].movedim(info.dim, 0)
-            total = total + w[pruned.to(w.device)].reshape(int(pruned.sum()), -1).norm(dim=1).sum()
+            return torch.zeros((), device=next(ctrl.model.parameters(), torch.zeros(())).device)
+        total = None
+        for w, dim, pruned in self._pruned_filters():
+            norms = w.movedim(dim, 0).reshape(w.shape[dim], -1).norm(dim=1)
+            term = (norms * pruned).sum()
+            total = term if total is None else total + term
         return self.weight * total
+
+    def _pruned_filters(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        """``(weight, dim, 0/1 pruned-filter mask on the weight's device)`` for every producer, rebuilt only
+        when the masks change: no host-device transfer or synchronisation per training step."""
+        ctrl = self._controller
+        if self._cache_version != ctrl.mask_version:
+            params = dict(ctrl.model.named_parameters())
+            self._cache = [(params[info.param], info.dim,
+                            (~info.mask).to(device=params[info.param].device, dtype=params[info.param].dtype))
+                           for info in ctrl.pruned_modules]
+            self._cache_version = ctrl.mask_version
+        return self._cache
 
     def statistics(self, quickly_collected_only: bool = False) -> dict[str, float]:
         return {"regularization_weight": self.weight}
@@ -103,6 +113,7 @@ class FilterPruningController:
         self._pruning_level = 0.0
         self._frozen = False
         self._masker = WeightMasker()
+        self.mask_version = 0  # incremented whenever the masks change
         self.data_loader: Iterable[Any] | None = None
         self.pruned_modules = [
             PrunedModuleInfo(m.module, model.get_submodule(m.module), g.id, m.param, m.dim, self)
@@ -117,6 +128,7 @@ class FilterPruningController:
         params = config.params
         self._scheduler: PruningScheduler = SCHEDULERS[params.schedule](
             self, self.pruning_init, self.target_level, params.num_init_steps, params.pruning_steps)
+        self._install_masks()
         if self.pruning_init > 0:
             self.set_pruning_level(self.pruning_init)
 
@@ -418,22 +430,20 @@ class FilterPruningController:
         self._install_masks()
 
     def _install_masks(self) -> None:
+        """Consumer weight masks of every prunable group, all-ones where nothing is pruned: the same hooks
+        stay installed from creation to strip and are updated in place (see :class:`.masks._MaskHook`)."""
+        self.mask_version += 1
         leaf = self.leaf_masks()
-        if not leaf:
-            self._masker.remove()
-            return
         T, trace = self.analysis.trace.table, self.analysis.trace
         consumer_dims: dict[str, set[int]] = {}
-        for gid in self._masks:
-            if bool(self._masks[gid].all()):
-                continue
-            for m in self._groups[gid].members:
+        for group in self._groups.values():
+            for m in group.members:
                 if m.role == "in":
                     consumer_dims.setdefault(m.param, set()).add(m.dim)
         masks: dict[str, torch.Tensor] = {}
         for param, dims in consumer_dims.items():
             shape = trace.param_shapes[param]
-            mask = torch.ones(shape)
+            mask = torch.ones([1] * len(shape))  # broadcast over the unmasked dims: no weight-sized copy
             for d in dims:
                 view = [1] * len(shape)
                 view[d] = -1
@@ -443,19 +453,25 @@ class FilterPruningController:
 
 
 def has_pruning_masks(model: nn.Module) -> bool:
-    """Whether a controller's masks act in ``model``'s forward pass (pruned, not stripped yet)."""
-    return any(isinstance(getattr(hook, "__self__", None), _MaskHook)
+    """Whether a controller's masks remove channels in ``model``'s forward pass (pruned, not stripped yet)."""
+    return any(isinstance(getattr(hook, "__self__", None), _MaskHook) and hook.__self__.prunes
                for module in model.modules() for hook in module._forward_pre_hooks.values())
 
 
 def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[str, Any] | None = None,
-                              example_inputs: Any = None, data_loader: Iterable[Any] | None = None) -> FilterPruningController:
+                              example_inputs: Any = None, data_loader: Iterable[Any] | None = None,
+                              allow_nothing_prunable: bool = False) -> FilterPruningController:
     """Analyse ``model`` once and attach a :class:`FilterPruningController` to it.
 
     ``config``: a :class:`PruningConfig`, an NNCF-style dict, or None for NNCF's defaults.
-    ``example_inputs``: a tensor, tuple or dict the model accepts; inferred from a timm
-    ``pretrained_cfg`` or a transformers config when omitted. ``data_loader``: batches used by
-    BatchNorm adaptation.
+    ``example_inputs``: a tensor, tuple or dict the model accepts (on any device, in any dtype); inferred
+    from a timm ``pretrained_cfg`` or a transformers config when omitted. ``data_loader``: batches used by
+    BatchNorm adaptation. The model may sit on any single device (CPU, CUDA, ...) in any dtype: the
+    analysis is made on a float32 CPU copy, masks and importance live on the model's device.
+
+    A config that asks for pruning on a model where no group is prunable raises
+    :class:`NothingPrunableError` naming the blocking ops; ``allow_nothing_prunable=True`` turns that
+    into a warning and a controller that leaves the model unchanged.
     """
     if config is None:
         config = PruningConfig()
@@ -463,12 +479,32 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         config = PruningConfig.from_dict(config)
     elif not isinstance(config, PruningConfig):
         raise TypeError(f"config must be a PruningConfig or a dict, got {type(config).__name__}")
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: masks go on the module it compiles
     remove_mask_hooks(model)  # a model has one controller: a new one replaces the previous one's masks
     analysis = analyze_model(model, example_inputs, PruningPolicy.from_config(config))
-    if not analysis.prunable_groups:
-        reasons = "; ".join(f"{layer}: {why[0]}" for layer, why in list(analysis.unprunable_layers.items())[:5])
-        warnings.warn(f"{type(model).__name__} has nothing prunable; the controller will leave it unchanged "
-                      f"({reasons or 'no conv/linear layer found'})", UserWarning, stacklevel=2)
+    if not analysis.prunable_groups and (config.target > 0 or config.pruning_init > 0):
+        message = _nothing_prunable_message(model, analysis)
+        if not allow_nothing_prunable:
+            raise NothingPrunableError(
+                f"{message}. Pass allow_nothing_prunable=True to create_pruning_controller to continue with a "
+                "model that stays dense; a backend op reported as having no channel rule can be mapped to its "
+                "canonical op with hf_prune.register_op_variant")
+        warnings.warn(f"{message}; the controller will leave it unchanged", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader
     return controller
+
+
+def _nothing_prunable_message(model: nn.Module, analysis: ModelAnalysis) -> str:
+    """Why no group of ``model`` is prunable: unknown ops first, then the most common reasons."""
+    layers = sum(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in model.modules())
+    reasons = [why for whys in analysis.unprunable_layers.values() for why in whys]
+    unknown = sorted({r for r in reasons if "no channel rule" in r})
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    common = sorted(counts, key=counts.get, reverse=True)
+    shown = (unknown + [r for r in common if r not in unknown])[:5]
+    what = f"{layers} conv/linear layers" if layers else "no conv/linear layer"
+    return (f"{type(model).__name__} ({what}) has nothing prunable: "
+            + ("; ".join(shown) if shown else "no pruning group found"))

@@ -206,9 +206,10 @@ def unprunable_layers(trace: ModelTrace, groups: list[PruningGroup]) -> dict[str
                 for r in g.reasons:
                     if r not in out[p]:
                         out[p].append(r)
-    for module, reason in trace.computed_weights.items():
-        out.setdefault(module, []).append(reason)
-    producers_seen = {p for g in groups for p in g.producers} | set(trace.computed_weights)
+    for module, reason in (trace.computed_weights | trace.opaque_ops).items():
+        if module not in prunable_producers:
+            out.setdefault(module, []).append(reason)
+    producers_seen = {p for g in groups for p in g.producers} | set(trace.computed_weights) | set(trace.opaque_ops)
     for u in trace.uses:
         if u.role == "out" and u.module not in producers_seen:
             out.setdefault(u.param.rpartition(".")[0], []).append("its output channels form no group (single channel)")
