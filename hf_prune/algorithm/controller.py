@@ -149,7 +149,7 @@ class FilterPruningController:
     @property
     def current_groupwise_pruning_level(self) -> dict[int, float]:
         """Group id → fraction of the group's channels currently masked."""
-        return {gid: 1.0 - float(m.float().mean()) for gid, m in self._masks.items()}
+        return {gid: 1.0 - int(m.sum()) / m.numel() for gid, m in self._masks.items()}
 
     @property
     def compression_rate(self) -> float:
@@ -322,7 +322,7 @@ class FilterPruningController:
         return self.analysis.trace.table.label_mask(labels[dim], self.leaf_masks())
 
     def _kept_fractions(self) -> dict[int, float]:
-        return {self._groups[gid].space: float(m.float().mean()) for gid, m in self._masks.items()}
+        return {self._groups[gid].space: int(m.sum()) / m.numel() for gid, m in self._masks.items()}  # exact, as planned
 
     def _validate_level(self, level: Any, key: str) -> float:
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
