@@ -5,6 +5,8 @@ Marked ``gpu``: skipped without CUDA (CI is CPU-only). Run on a GPU machine with
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -60,9 +62,10 @@ def test_trace_on_cuda_matches_cpu(name, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_controller_on_cuda(dtype):
-    model = _model().to(CUDA, dtype).to(memory_format=torch.channels_last)
+    cpu_model = _model()
+    model = copy.deepcopy(cpu_model).to(CUDA, dtype).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 64, 64, device=CUDA, dtype=dtype)
-    cpu_ctrl = hf_prune.create_pruning_controller(_model(), CONFIG, example_inputs=x[:1].float().cpu())
+    cpu_ctrl = hf_prune.create_pruning_controller(cpu_model, CONFIG, example_inputs=x[:1].float().cpu())
     ctrl = hf_prune.create_pruning_controller(model, CONFIG, example_inputs=x[:1])
     assert _structure(ctrl.analysis.groups) == _structure(cpu_ctrl.analysis.groups)
     ctrl.set_pruning_level(0.5)
@@ -164,6 +167,7 @@ def test_accelerated_pruner_on_cuda_compiled(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     compiled = torch.compile(model)
     compiled, optimizer, loader = accelerator.prepare(compiled, optimizer, loader)
+    model.train()
     for _ in range(3):
         pruner.epoch_step()
         for batch in loader:
@@ -174,8 +178,9 @@ def test_accelerated_pruner_on_cuda_compiled(tmp_path):
             pruner.step()
     x = _Images(4).x.to(CUDA)
     model.eval()
-    with torch.no_grad():  # the compiled model follows the final masks
-        assert torch.allclose(compiled(x).float(), model(x).float(), rtol=1e-3, atol=1e-3)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):  # the compiled model follows the masks
+        eager, fast = model(x).float(), compiled(x).float()
+    assert (fast - eager).abs().max() <= 3e-2 * eager.abs().max()
     _check_pruned_on_cuda(pruner.controller, model, x)
 
 

@@ -37,7 +37,8 @@ def filters_by_index(weight: torch.Tensor, dim: int, coords: torch.Tensor, size:
 
     ``coords[i]`` is the group index of position ``i`` along ``dim`` (-1 where it has none).
     """
-    w = weight.detach().float().movedim(dim, 0).reshape(weight.shape[dim], -1)
+    # float64: scores then agree across devices and kernels far below any real difference between filters
+    w = weight.detach().double().movedim(dim, 0).reshape(weight.shape[dim], -1)
     coords = coords.to(w.device)
     present = coords >= 0
     rows, idx = w[present], coords[present]
@@ -53,4 +54,4 @@ def group_importance(producers: list[tuple[torch.Tensor, int, torch.Tensor]], si
     for weight, dim, coords in producers:
         score = fn(filters_by_index(weight, dim, coords, size))
         total = score if total is None else total + score.to(total.device)
-    return total.cpu() if total is not None else torch.zeros(size)
+    return total.cpu() if total is not None else torch.zeros(size, dtype=torch.float64)
