@@ -129,6 +129,30 @@ class PruningParams(_Section):
         0.0, ge=0, description="hf_prune extension: weight of the optional group-sparsity loss (0 disables it)."
     )
 
+    @field_validator("pruning_target", mode="before")
+    @classmethod
+    def _not_everything(cls, value: Any) -> Any:
+        if value == 1 and not isinstance(value, bool):
+            raise PydanticCustomError(
+                "full_target",
+                "1.0 would prune every filter (NNCF accepts it and then silently caps every layer at 90%): "
+                "set the level you mean, e.g. 0.9",
+                {"got": repr(value)},
+            )
+        return value
+
+    @field_validator("pruning_steps", mode="before")
+    @classmethod
+    def _some_steps(cls, value: Any) -> Any:
+        if value == 0 and not isinstance(value, bool):
+            raise PydanticCustomError(
+                "no_pruning_steps",
+                "0 never reaches the target (NNCF accepts it and freezes the masks at pruning_init): "
+                "use 1 to reach the target at once, or schedule 'baseline'",
+                {"got": repr(value)},
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _nncf_conventions(cls, data: Any) -> Any:
@@ -139,20 +163,6 @@ class PruningParams(_Section):
         data = dict(data)
         if data.get("pruning_flops_target") == 0 and not isinstance(data["pruning_flops_target"], bool):
             data["pruning_flops_target"] = None
-        if data.get("pruning_target") == 1 and not isinstance(data["pruning_target"], bool):
-            raise PydanticCustomError(
-                "full_target",
-                "1.0 would prune every filter (NNCF accepts it and then silently caps every layer at 90%): "
-                "set the level you mean, e.g. 0.9",
-                {"key": "pruning_target", "got": repr(data["pruning_target"])},
-            )
-        if data.get("pruning_steps") == 0 and not isinstance(data["pruning_steps"], bool):
-            raise PydanticCustomError(
-                "no_pruning_steps",
-                "0 never reaches the target (NNCF accepts it and freezes the masks at pruning_init): "
-                "use 1 to reach the target at once, or schedule 'baseline'",
-                {"key": "pruning_steps", "got": repr(data["pruning_steps"])},
-            )
         if data.get("interlayer_ranking_type") == "learned_ranking":
             if data.get("all_weights") is False:
                 raise PydanticCustomError(
