@@ -412,3 +412,61 @@ def test_learned_ranking_defaults_and_nncf_coefficient_files(tmp_path):
     path.write_text(json.dumps(coeffs))
     with pytest.raises(hf_prune.HfPruneError, match=r"no coefficients for pruned layer\(s\) \['conv1'\]"):
         _controller("resnet18", {"params": {**base["params"], "load_ranking_coeffs_path": str(path)}})
+
+
+class _Upsampler(torch.nn.Module):
+    """The transposed-convolution part of NNCF's BigPruningTestModel: conv -> ConvTranspose2d -> conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(32)
+        self.up = torch.nn.ConvTranspose2d(32, 24, 2, stride=2)
+        self.bn3 = torch.nn.BatchNorm2d(24)
+        self.conv3 = torch.nn.Conv2d(24, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.up(x)))
+        return self.fc(self.conv3(x).mean((2, 3)))
+
+
+def test_conv_feeding_a_transposed_conv_and_its_filters_strip_exactly():
+    from conftest import randomize_norms
+
+    model = randomize_norms(_Upsampler().eval())
+    x = torch.randn(2, 3, 8, 8)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"channel_multiple": 1}}, example_inputs=x[:1])
+    assert {tuple(g.producers): tuple(g.consumers) for g in ctrl.groups.values()} == {
+        ("conv2",): ("up",), ("up",): ("conv3",), ("conv3",): ("fc",)}
+    ctrl.set_pruning_level(0.5)
+    with torch.no_grad():
+        masked = model(x)
+    small = ctrl.strip_model(model, do_copy=True)
+    assert (small.up.in_channels, small.up.out_channels, tuple(small.up.weight.shape[:2])) == (16, 12, (16, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), masked, rtol=1e-5, atol=1e-6)
+    assert hf_prune.analyze_model(small, x[:1], verify=False).dense_flops == ctrl.current_flops
+
+
+def test_linear_followed_by_layernorm_has_no_exact_strip():
+    """NNCF zeroes the pruned outputs of a Linear that a LayerNorm normalizes over; the zeros still count in
+    the LayerNorm's mean and variance, so no smaller model computes what NNCF's masked model computes."""
+    torch.manual_seed(0)
+    linear, norm = torch.nn.Linear(8, 16), torch.nn.LayerNorm(16)
+    keep = torch.arange(16) % 4 != 0
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        nncf_masked = norm(linear(x) * keep)[:, keep]  # NNCF: pruned filters zeroed, shapes kept
+        small_linear = torch.nn.Linear(8, 12)
+        small_linear.weight.copy_(linear.weight[keep])
+        small_linear.bias.copy_(linear.bias[keep])
+        small_norm = torch.nn.LayerNorm(12)
+        stripped = small_norm(small_linear(x))
+    assert (nncf_masked - stripped).abs().max() > 0.05
+    model = torch.nn.Sequential(linear, norm, torch.nn.Linear(16, 4)).eval()
+    analysis = hf_prune.analyze_model(model, x[:1], verify=False)
+    assert any("normalized over by LayerNorm" in r for r in analysis.unprunable_layers["0"])
