@@ -175,10 +175,11 @@ class FilterPruningController:
     @property
     def compression_rate(self) -> float:
         """NNCF's rate: in FLOPs mode the FLOPs reduction, otherwise the level last set (rounding kept
-        channels up to ``channel_multiple`` masks a little less; ``statistics()`` reports the masked fraction)."""
+        channels up to ``channel_multiple`` masks a little less; ``statistics()`` reports the masked fraction).
+        0 for a model with nothing prunable."""
         if self.prune_flops:
             return 1.0 - self.current_flops / self.analysis.dense_flops
-        return self._pruning_level
+        return self._pruning_level if self._groups else 0.0
 
     @compression_rate.setter
     def compression_rate(self, value: float) -> None:

@@ -132,9 +132,9 @@ def _scope_matcher(scopes: Iterable[str], model: nn.Module, key: str, validate: 
         if validate and not any(pattern(m) for m in modules):
             pool = [n for m in modules for n in names[m][:1]] if kind == "NNCF scope" else modules
             close = difflib.get_close_matches(scope.replace("{re}", ""), pool, n=5, cutoff=0.5)
-            hint = f"; closest names: {', '.join(close)}" if close else ""
-            raise ScopeError(f"{key}: {kind} {scope!r} matches no module of the model{hint} "
-                             "(set validate_scopes: false to allow it)")
+            hint = f"; closest {'names' if kind == 'NNCF scope' else 'module names'}: {', '.join(close)}" if close else ""
+            what = f"no module named {scope!r}" if kind == "module name" else f"{kind} {scope!r} matches no module"
+            raise ScopeError(f"{key}: {what} in the model{hint} (validate_scopes: false allows it)")
         patterns.append(pattern)
     return lambda module: next((s for s, p in zip(scopes, patterns) if module in names and p(module)), None)
 
