@@ -80,7 +80,7 @@ class LegrParams(_Section):
     generations: WholeInt = Field(400, ge=1, description="Generations of the evolution algorithm.")
     train_steps: WholeInt = Field(200, ge=1, description="Fine-tuning steps (the train function's budget) per candidate.")
     max_pruning: float | None = Field(
-        None, gt=0, lt=1, description="The most any one group is pruned under learned ranking (NNCF: the pruning target)."
+        None, gt=0, lt=1, description="The most any one group is pruned under learned ranking (unset: the pruning target, as in NNCF)."
     )
     random_seed: WholeInt = Field(42, description="Seed of the evolution algorithm.")
     population_size: WholeInt = Field(64, ge=1, description="Candidates kept per generation.")
@@ -182,10 +182,18 @@ class PruningParams(_Section):
                 "set either 'pruning_target' or 'pruning_flops_target', not both",
                 {"got": f"{self.pruning_target!r} and {self.pruning_flops_target!r}"},
             )
-        if self.legr_params.max_pruning is None:  # NNCF's LeGR default: the pruning target
-            target = self.pruning_flops_target or self.pruning_target
-            self.legr_params.max_pruning = DEFAULT_PRUNING_TARGET if target is None else target
+        if self.interlayer_ranking_type == "learned_ranking" and self.legr_params.max_pruning is None:
+            self.legr_params.max_pruning = self.target  # NNCF's LeGR default
         return self
+
+    @property
+    def target(self) -> float:
+        """The effective target: FLOPs target if set, else filter target, else 0.5."""
+        if self.pruning_flops_target is not None:
+            return self.pruning_flops_target
+        if self.pruning_target is not None:
+            return self.pruning_target
+        return DEFAULT_PRUNING_TARGET
 
 
 class BatchnormAdaptationConfig(_Section):
@@ -260,11 +268,7 @@ class PruningConfig(_Section):
     @property
     def target(self) -> float:
         """The effective target: FLOPs target if set, else filter target, else 0.5."""
-        if self.params.pruning_flops_target is not None:
-            return self.params.pruning_flops_target
-        if self.params.pruning_target is not None:
-            return self.params.pruning_target
-        return DEFAULT_PRUNING_TARGET
+        return self.params.target
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningConfig:

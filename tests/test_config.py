@@ -62,7 +62,7 @@ def test_defaults_match_nncf():
     assert p.legr_params == LegrParams(
         generations=400,
         train_steps=200,
-        max_pruning=0.5,  # NNCF: the pruning target
+        max_pruning=None,  # the target under learned_ranking (NNCF)
         random_seed=42,
         population_size=64,
         num_samples=16,

@@ -258,6 +258,9 @@ class FilterPruningController:
         expected = {gid: g.size for gid, g in self._groups.items()}
         if coefficients.signature != expected:
             raise RankingCoefficientsError("ranking coefficients were learned for different pruning groups")
+        legr = self.config.params.legr_params
+        if legr.max_pruning is None:  # a config without learned_ranking: LeGR's default cap, the target
+            legr.max_pruning = self.target_level
         self.ranking = coefficients
 
     def learn_ranking(self, train_fn: TrainFn, reward_fn: RewardFn, show_progress: bool = True) -> RankingCoefficients:
