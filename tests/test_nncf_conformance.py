@@ -348,7 +348,9 @@ def test_statistics_have_nncfs_structure_and_values():
     text = ctrl.statistics().to_str()
     assert "5800 -> 5408" in text and "layer4.1.conv1" in text
     groups = ctrl.pruned_module_groups_info
-    assert sorted(i.module_name for infos in groups.values() for i in infos) == sorted(ref["layers"])
+    assert sorted(i.module_name for i in groups.get_all_nodes()) == sorted(ref["layers"])
+    cluster = groups.get_all_clusters()[0]
+    assert groups.get_cluster_by_id(cluster.id) is cluster and ctrl.get_mask(cluster.elements[0]).dtype == torch.bool
     assert ctrl.scheduler.num_pruning_epochs == 100 and ctrl.scheduler.num_warmup_epochs == 0
     state = ctrl.get_state()
     other = _controller("resnet18", {"params": {"pruning_target": 0.4}})

@@ -51,6 +51,27 @@ class PrunedModuleInfo:
         return self._controller.param_dim_mask(self.param, self.dim)
 
 
+@dataclass
+class PrunedCluster:
+    """One pruning group's producer layers (NNCF's ``Cluster``: ``id`` and ``elements``)."""
+
+    id: int
+    elements: list[PrunedModuleInfo]
+
+
+class PrunedModuleGroups(dict[int, PrunedCluster]):
+    """Group id -> :class:`PrunedCluster`, with NNCF's ``Clusterization`` methods."""
+
+    def get_all_clusters(self) -> list[PrunedCluster]:
+        return list(self.values())
+
+    def get_all_nodes(self) -> list[PrunedModuleInfo]:
+        return [info for cluster in self.values() for info in cluster.elements]
+
+    def get_cluster_by_id(self, cluster_id: int) -> PrunedCluster:
+        return self[cluster_id]
+
+
 class CompressionLoss:
     """NNCF's filter-pruning loss is zero; ``regularization_weight`` > 0 adds a group-lasso term on
     the filters currently masked, pushing the channels about to be removed toward zero."""
@@ -139,12 +160,12 @@ class FilterPruningController:
         return self.current_params
 
     @property
-    def pruned_module_groups_info(self) -> dict[int, list[PrunedModuleInfo]]:
-        """Group id -> its producer layers (NNCF's clusters of ``minfo``; ``get_mask(minfo)`` reads a mask)."""
-        out: dict[int, list[PrunedModuleInfo]] = {}
+    def pruned_module_groups_info(self) -> PrunedModuleGroups:
+        """The pruned layers by group, with NNCF's clusterization API (``get_all_nodes()``, ...)."""
+        groups = PrunedModuleGroups()
         for info in self.pruned_modules:
-            out.setdefault(info.group_id, []).append(info)
-        return out
+            groups.setdefault(info.group_id, PrunedCluster(info.group_id, [])).elements.append(info)
+        return groups
 
     def get_state(self) -> dict[str, Any]:
         """NNCF's name for :meth:`state_dict`."""
