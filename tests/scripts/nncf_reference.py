@@ -190,13 +190,15 @@ def legr_run() -> dict:
 
 
 def main() -> None:
+    out = os.path.abspath(sys.argv[1])
+    os.chdir(tempfile.mkdtemp())  # NNCF writes its graph dumps (*.dot) into the working directory
     nncf.set_log_level(logging.ERROR)
     ref = {"schedules": schedules(), "resnet18": resnet18_run(),
            "resnet18_level_0.4": level_run("resnet18", 0.4), "resnet50_level_0.4": level_run("resnet50", 0.4),
            "resnet18_gray": level_run("resnet18", 0.4, gray=True),
            "resnet18_flops_0.3": flops_run("resnet18", 0.3), "resnet50_flops_0.5": flops_run("resnet50", 0.5),
            "scopes": scopes_run(), "legr": legr_run()}
-    with open(sys.argv[1], "w", encoding="utf-8") as f:
+    with open(out, "w", encoding="utf-8") as f:
         json.dump(ref, f, indent=1)
 
 
