@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 from ..config import PruningConfig
 from ..errors import NothingPrunableError, PruningLevelError
 from ..graph.analysis import ModelAnalysis, analyze_model
-from ..graph.groups import PruningGroup, PruningPolicy
+from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
 from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
@@ -47,6 +49,27 @@ class PrunedModuleInfo:
     @property
     def mask(self) -> torch.Tensor:
         return self._controller.param_dim_mask(self.param, self.dim)
+
+
+@dataclass
+class PrunedCluster:
+    """One pruning group's producer layers (NNCF's ``Cluster``: ``id`` and ``elements``)."""
+
+    id: int
+    elements: list[PrunedModuleInfo]
+
+
+class PrunedModuleGroups(dict[int, PrunedCluster]):
+    """Group id -> :class:`PrunedCluster`, with NNCF's ``Clusterization`` methods."""
+
+    def get_all_clusters(self) -> list[PrunedCluster]:
+        return list(self.values())
+
+    def get_all_nodes(self) -> list[PrunedModuleInfo]:
+        return [info for cluster in self.values() for info in cluster.elements]
+
+    def get_cluster_by_id(self, cluster_id: int) -> PrunedCluster:
+        return self[cluster_id]
 
 
 class CompressionLoss:
@@ -124,7 +147,7 @@ class FilterPruningController:
         if config.params.interlayer_ranking_type == "learned_ranking":
             signature = {gid: g.size for gid, g in self._groups.items()}
             path = config.params.load_ranking_coeffs_path
-            self.ranking = RankingCoefficients.load(path, signature) if path else RankingCoefficients.identity(signature)
+            self.ranking = self._load_ranking(path) if path else RankingCoefficients.identity(signature)
         params = config.params
         self._scheduler: PruningScheduler = SCHEDULERS[params.schedule](
             self, self.pruning_init, self.target_level, params.num_init_steps, params.pruning_steps)
@@ -133,6 +156,37 @@ class FilterPruningController:
             self.set_pruning_level(self.pruning_init)
 
     # ------------------------------------------------------------------ NNCF surface
+    @property
+    def full_flops(self) -> float:
+        """FLOPs of the dense model (NNCF's ``full_flops``)."""
+        return self.analysis.dense_flops
+
+    @property
+    def full_params_num(self) -> float:
+        """Parameters of the dense model (NNCF's ``full_params_num``)."""
+        return self.analysis.dense_params
+
+    @property
+    def current_params_num(self) -> float:
+        """Parameters left by the current masks (NNCF's ``current_params_num``)."""
+        return self.current_params
+
+    @property
+    def pruned_module_groups_info(self) -> PrunedModuleGroups:
+        """The pruned layers by group, with NNCF's clusterization API (``get_all_nodes()``, ...)."""
+        groups = PrunedModuleGroups()
+        for info in self.pruned_modules:
+            groups.setdefault(info.group_id, PrunedCluster(info.group_id, [])).elements.append(info)
+        return groups
+
+    def get_state(self) -> dict[str, Any]:
+        """NNCF's name for :meth:`state_dict`."""
+        return self.state_dict()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """NNCF's name for :meth:`load_state_dict`."""
+        self.load_state_dict(state)
+
     @property
     def loss(self) -> CompressionLoss:
         return self._loss
@@ -153,16 +207,21 @@ class FilterPruningController:
 
     @property
     def compression_rate(self) -> float:
-        """FLOPs reduction in FLOPs mode, otherwise the fraction of prunable filters masked."""
+        """NNCF's rate: in FLOPs mode the FLOPs reduction, otherwise the level last set (rounding kept
+        channels up to ``channel_multiple`` masks a little less; ``statistics()`` reports the masked fraction).
+        0 for a model with nothing prunable."""
         if self.prune_flops:
             return 1.0 - self.current_flops / self.analysis.dense_flops
-        total = sum(g.size for g in self._groups.values())
-        pruned = sum(int((~m).sum()) for m in self._masks.values())
-        return pruned / total if total else 0.0
+        return self._pruning_level if self._groups else 0.0
 
     @compression_rate.setter
     def compression_rate(self, value: float) -> None:
-        self.set_pruning_level(value)
+        """Set the level, as NNCF does: also on a frozen controller, which stays frozen at the new masks."""
+        was_frozen, self._frozen = self._frozen, False
+        try:
+            self.set_pruning_level(value)
+        finally:
+            self._frozen = was_frozen
 
     @property
     def maximal_compression_rate(self) -> float:
@@ -177,11 +236,11 @@ class FilterPruningController:
         return minfo.mask
 
     def compression_stage(self) -> int:
-        """0: uncompressed, 1: partially compressed, 2: fully compressed (rate ≥ target)."""
+        """0: uncompressed, 1: partially compressed, 2: fully compressed (rate ≥ target, NNCF's tolerance 1e-5)."""
         rate = self.compression_rate
         if rate == 0:
             return 0
-        return 2 if rate >= self.target_level - 1e-9 else 1
+        return 2 if math.isclose(rate, self.target_level, abs_tol=1e-5) or rate > self.target_level else 1
 
     def disable_scheduler(self) -> None:
         """Keep the current level for the rest of training."""
@@ -189,9 +248,9 @@ class FilterPruningController:
         stub.current_epoch, stub.current_step = self._scheduler.current_epoch, self._scheduler.current_step
         self._scheduler = stub
 
-    def freeze(self) -> None:
-        """Stop recomputing masks (the schedule's end)."""
-        self._frozen = True
+    def freeze(self, freeze: bool = True) -> None:
+        """Stop recomputing masks (the schedule's end); ``freeze(False)`` lets levels change again (NNCF)."""
+        self._frozen = freeze
 
     @property
     def frozen(self) -> bool:
@@ -202,8 +261,16 @@ class FilterPruningController:
 
         Masks are recomputed from the current weights. With ``run_batchnorm_adaptation`` the BatchNorm
         statistics are re-estimated afterwards on the controller's ``data_loader``.
+
+        A frozen controller keeps its masks and its level and warns (NNCF keeps the masks but records
+        the new level, so its ``compression_rate`` then reports a level the masks do not have); use the
+        ``compression_rate`` setter or ``freeze(False)`` to change a frozen controller.
         """
         if self._frozen:
+            if isinstance(pruning_level, Mapping) or pruning_level != self._pruning_level:
+                warnings.warn(f"set_pruning_level({pruning_level!r}) ignored: the controller is frozen at level "
+                              f"{self._pruning_level:.4g} (set compression_rate or call freeze(False) to change it)",
+                              UserWarning, stacklevel=2)
             return
         scores = self._importance()
         if isinstance(pruning_level, Mapping):
@@ -224,6 +291,9 @@ class FilterPruningController:
         expected = {gid: g.size for gid, g in self._groups.items()}
         if coefficients.signature != expected:
             raise RankingCoefficientsError("ranking coefficients were learned for different pruning groups")
+        legr = self.config.params.legr_params
+        if legr.max_pruning is None:  # a config without learned_ranking: LeGR's default cap, the target
+            legr.max_pruning = self.target_level
         self.ranking = coefficients
 
     def learn_ranking(self, train_fn: TrainFn, reward_fn: RewardFn, show_progress: bool = True) -> RankingCoefficients:
@@ -295,6 +365,37 @@ class FilterPruningController:
         self._install_masks()
 
     # ------------------------------------------------------------------ internals
+    def _load_ranking(self, path: str) -> RankingCoefficients:
+        """Read ranking coefficients: hf_prune's file, or NNCF's ``{node name: [a, b]}``.
+
+        NNCF keeps one (a, b) per layer and sums the transformed importance of a group's layers; here
+        a group has one (a, b), the mean over its layers (the same ranking when its layers agree)."""
+        signature = {gid: g.size for gid, g in self._groups.items()}
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, Mapping) or "format_version" in data:
+            return RankingCoefficients.load(path, signature)
+        names = nncf_scopes(self.model)
+        by_name = {n: m for m, ns in names.items() for n in (m, *ns)}
+        per_group: dict[int, list[tuple[float, float]]] = {}
+        modules = {info.module_name: info.group_id for info in self.pruned_modules}
+        for key, value in data.items():
+            module = by_name.get(key)
+            ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+            if module not in modules or not ok:
+                raise RankingCoefficientsError(
+                    f"{path}: entry {key!r}: expected a pruned layer's NNCF node name or module name mapped to [a, b]; "
+                    f"got {value!r}" + ("" if module in modules else " for a layer that is not pruned"))
+            per_group.setdefault(modules[module], []).append((float(value[0]), float(value[1])))
+        missing = sorted(set(modules) - {by_name[k] for k in data})
+        if missing:
+            raise RankingCoefficientsError(f"{path}: no coefficients for pruned layer(s) {missing[:10]}")
+        coefficients = {gid: (sum(a for a, _ in ab) / len(ab), sum(b for _, b in ab) / len(ab))
+                        for gid, ab in sorted(per_group.items())}
+        return RankingCoefficients(coefficients, signature)
+
     @property
     def groups(self) -> dict[int, PruningGroup]:
         return self._groups

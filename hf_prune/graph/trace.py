@@ -423,15 +423,19 @@ class _Tracer(TorchDispatchMode):
         stride, transposed, groups = tuple(args[3]), args[6], args[8]
         x, w = self.info(x_t), self.info(w_t)
         where = self.where("aten.convolution")
-        if transposed:
-            self.block_all([x_t, w_t], f"transposed convolution ({where}) is not supported")
-            self.set(out, self.fresh(out, f"produced by transposed convolution ({where})"), op=self.last_op)
+        if transposed and groups != 1:
+            self.block_all([x_t, w_t], f"grouped transposed convolution ({where}) is not supported")
+            self.set(out, self.fresh(out, f"produced by grouped transposed convolution ({where})"), op=self.last_op)
             return
-        in_label, out_label = x.labels[1], w.labels[0]
+        if transposed:  # weight (in, out, ...): filters along dim 1; it upsamples, so it is no downsample conv
+            w_out, w_in, stride = 1, 0, (1,) * len(stride)
+        else:
+            w_out, w_in = 0, 1
+        in_label, out_label = x.labels[1], w.labels[w_out]
         groups_label: Label | None = None
         cin, cout = x_t.shape[1], w_t.shape[0]
         if groups == 1:
-            self.table.unify(in_label, w.labels[1])
+            self.table.unify(in_label, w.labels[w_in])
         else:
             site = Site("groups", self.module)
             ins = self.table.split(in_label, [groups, cin // groups], site)
@@ -450,8 +454,8 @@ class _Tracer(TorchDispatchMode):
             self.computed_weights[self.module] = f"its weight is computed in forward ({w.op})"
             self.table.block_label(in_label, f"contracted by {where} with a computed weight")
         else:
-            self._use(w, w.labels[0], "out")
-            self._use(w, w.labels[1], "in")
+            self._use(w, w.labels[w_out], "out")
+            self._use(w, w.labels[w_in], "in")
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
         spatial = [self.table.new_label(n, f"spatial dimension of {where}") for n in out.shape[2:]]
         self.set(out, [x.labels[0], out_label] + spatial, op=self.last_op)
