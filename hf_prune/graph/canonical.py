@@ -50,6 +50,18 @@ def _conv_with_bias(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return (x, w, b, stride, padding, dilation, False, [0] * len(stride), groups), {}
 
 
+def _conv_transpose_without_bias(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``cudnn_convolution_transpose(x, w, padding, output_padding, stride, dilation, groups, ...)``."""
+    x, w, padding, output_padding, stride, dilation, groups = args[:7]
+    return (x, w, None, stride, padding, dilation, True, output_padding, groups), {}
+
+
+def _conv_transpose_with_bias(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``miopen_convolution_transpose(x, w, bias, padding, output_padding, stride, dilation, groups, ...)``."""
+    x, w, b, padding, output_padding, stride, dilation, groups = args[:8]
+    return (x, w, b, stride, padding, dilation, True, output_padding, groups), {}
+
+
 def _conv_slow(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """``_slow_conv2d_forward / thnn_conv2d(x, w, kernel_size, bias, stride, padding)`` → ``convolution``."""
     names = ("self", "weight", "kernel_size", "bias", "stride", "padding", "dilation")
@@ -101,6 +113,8 @@ for _op, _canonical, _convert in (
     (aten.mkldnn_convolution, aten.convolution.default, _conv_with_bias),
     (aten.miopen_convolution, aten.convolution.default, _conv_with_bias),
     (aten.miopen_depthwise_convolution, aten.convolution.default, _conv_with_bias),
+    (aten.cudnn_convolution_transpose, aten.convolution.default, _conv_transpose_without_bias),
+    (aten.miopen_convolution_transpose, aten.convolution.default, _conv_transpose_with_bias),
     (aten._slow_conv2d_forward, aten.convolution.default, _conv_slow),
     (aten.thnn_conv2d, aten.convolution.default, _conv_slow),
     (aten._fused_rms_norm, aten.native_layer_norm.default, _rms_norm),
