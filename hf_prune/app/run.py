@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError
-from .data import IMAGENET_MEAN, IMAGENET_STD, TrainEvalData, load_image_data
+from .data import TrainEvalData, load_image_data
+from .preprocessing import transforms_for
 from .models import load_model
 from .recipes import Recipe, load_recipe
 from .report import RunReport, write_report
@@ -73,20 +74,13 @@ def _seeded(inputs: Any) -> Any:
     return torch.randn(inputs.shape, generator=g)
 
 
-def _normalization(model: nn.Module) -> tuple[Any, Any]:
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("mean"):
-        return tuple(cfg["mean"]), tuple(cfg["std"])
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
 def _load_data(recipe: Recipe, model: nn.Module, example_inputs: Any) -> TrainEvalData:
     x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
     d = recipe.data
-    mean, std = _normalization(model)
-    return load_image_data(d.source, name=d.name, path=d.path, train_split=d.train_split, eval_split=d.eval_split,
-                           image_column=d.image_column, label_column=d.label_column,
-                           image_size=d.image_size or int(x.shape[-1]), limit=d.limit, mean=mean, std=std)
+    transforms = transforms_for(model, d.image_size or int(x.shape[-1]), d.mean, d.std, d.augment)
+    return load_image_data(d.source, transforms, name=d.name, path=d.path, train_split=d.train_split,
+                           eval_split=d.eval_split, image_column=d.image_column, label_column=d.label_column,
+                           limit=d.limit)
 
 
 def accuracy(eval_pred: Any) -> dict[str, float]:
