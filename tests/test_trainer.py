@@ -202,9 +202,13 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 def test_resume_from_a_foreign_checkpoint_is_refused_and_overwrites_nothing(tmp_path, data):
     _trainer(tmp_path, data, save_strategy="epoch", num_train_epochs=1).train()
-    checkpoint, stateless = tmp_path / "checkpoint-8", tmp_path / "stateless"
-    shutil.copytree(checkpoint, stateless)
-    (stateless / STATE_NAME).unlink()
+    checkpoint, stateless, overwritten = tmp_path / "checkpoint-8", tmp_path / "stateless", tmp_path / "overwritten"
+    shutil.copytree(checkpoint, stateless)  # as a Trainer without pruning writes it
+    trainer_state = json.loads((stateless / "trainer_state.json").read_text())
+    trainer_state["stateful_callbacks"].pop("PruningCallback")
+    (stateless / "trainer_state.json").write_text(json.dumps(trainer_state))
+    shutil.copytree(checkpoint, overwritten)  # its weights replaced by another run's
+    Trainer(tiny_resnet(seed=1), training_args(tmp_path / "other")).save_model(overwritten)
     before = _snapshot(tmp_path)
     other_model = ResNetForImageClassification(ResNetConfig(
         embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck", num_labels=10))
@@ -215,7 +219,10 @@ def test_resume_from_a_foreign_checkpoint_is_refused_and_overwrites_nothing(tmp_
         (_trainer(tmp_path, data, model=other_model, save_strategy="epoch"), checkpoint,
          PruningStateError, "belongs to another model: ResNetForImageClassification with pruning groups of sizes "
                             "[8, 8, 32, 16], not ResNetForImageClassification with [4, 4, 16, 8]"),
-        (_trainer(tmp_path, data, save_strategy="epoch"), stateless, HfPruneError, f"has no {STATE_NAME}"),
+        (_trainer(tmp_path, data, save_strategy="epoch"), stateless, HfPruneError,
+         "has no pruning state in trainer_state.json"),
+        (_trainer(tmp_path, data, save_strategy="epoch"), overwritten, PruningStateError,
+         "are not those its pruning state was saved with"),
     ]
     for trainer, path, error, message in cases:
         with pytest.raises(error, match=re.escape(message)):
