@@ -41,7 +41,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class IncompleteCheckpointError(HfPruneError, FileNotFoundError):
-    """No checkpoint that can be resumed from (missing, or every one is incomplete)."""
+    """No checkpoint to resume from."""
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -107,10 +107,12 @@ def checkpoint_problem(checkpoint: str | os.PathLike[str], world_size: int = 1) 
     return None
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike[str], world_size: int = 1) -> str:
+def last_complete_checkpoint(output_dir: str | os.PathLike[str], world_size: int = 1) -> str | None:
     """The newest complete ``checkpoint-N`` in ``output_dir``; newer incomplete ones are named in a warning.
 
-    Raises :class:`IncompleteCheckpointError` when there is none.
+    ``None`` (with that warning) when every checkpoint is incomplete: a kill cut the first save short,
+    and training starts again from the beginning. Raises :class:`IncompleteCheckpointError` when
+    ``output_dir`` holds no checkpoint at all (as ``Trainer.train(resume_from_checkpoint=True)`` does).
     """
     folders = sorted((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
                      if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
@@ -123,8 +125,11 @@ def last_complete_checkpoint(output_dir: str | os.PathLike[str], world_size: int
                               stacklevel=2)
             return str(folder)
         skipped.append(f"{folder} ({problem})")
-    detail = f": incomplete {'; '.join(skipped)}" if skipped else ""
-    raise IncompleteCheckpointError(f"no complete checkpoint to resume from in {output_dir}{detail}")
+    if not skipped:
+        raise IncompleteCheckpointError(f"no checkpoint to resume from in {output_dir}")
+    warnings.warn(f"no complete checkpoint in {output_dir}, training starts from the beginning: skipping incomplete "
+                  f"checkpoint(s) {'; '.join(skipped)}", stacklevel=2)
+    return None
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[str], Any]) -> Path:

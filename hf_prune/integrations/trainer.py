@@ -319,16 +319,27 @@ class PruningTrainer(Trainer):
         """``Trainer.train``; with ``learned_ranking`` and no coefficients file, LeGR searches first.
 
         ``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint in ``output_dir``
-        (chosen by the main process for all), warning about newer ones a kill cut short."""
+        (chosen by the main process for all), warning about newer ones a kill cut short; when a kill cut
+        the first save short, training starts from the beginning."""
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = broadcast_from_main(
-                last_complete_checkpoint(self.args.output_dir, self.args.world_size)
-                if self.is_world_process_zero() else None)
+            resume_from_checkpoint = self._last_complete_checkpoint()
         params = self.controller.config.params
         if (params.interlayer_ranking_type == "learned_ranking" and not params.load_ranking_coeffs_path
                 and not resume_from_checkpoint and not self._ranking_learned):
             self.learn_ranking()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _last_complete_checkpoint(self) -> str | None:
+        choice: str | None | HfPruneError = None
+        if self.is_world_process_zero():
+            try:
+                choice = last_complete_checkpoint(self.args.output_dir, self.args.world_size)
+            except HfPruneError as exc:
+                choice = exc
+        choice = broadcast_from_main(choice)  # the other processes never look at a checkpoint being written
+        if isinstance(choice, HfPruneError):
+            raise choice
+        return choice
 
     def learn_ranking(self) -> RankingCoefficients:
         """LeGR's search with this trainer's data: each candidate is fine-tuned ``legr_params.train_steps``

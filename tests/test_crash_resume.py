@@ -1,0 +1,75 @@
+"""Crash safety: a real training process is SIGKILLed (inside a save, between saves, at random moments),
+started again on the same directory, and must end bit-identical (masks, schedule, every weight) to a run
+that was never interrupted.
+
+The processes are forked from a server that imported torch and transformers once (multiprocessing's
+``forkserver`` with preloading), so a restart costs milliseconds instead of seconds of imports.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from scripts import crash_children
+from scripts.common import same_tensors
+
+TIMEOUT_S = 300
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(["scripts.crash_children", "hf_prune.integrations.trainer"])
+
+
+def run_child(target: Callable[..., None], out: Path, kill: str | None = None) -> int:
+    """Run ``target(out, kill)`` in a new process; its exit code (-9 when it was killed)."""
+    process = _context.Process(target=target, args=(str(out), kill))
+    process.start()
+    process.join(TIMEOUT_S)
+    if process.exitcode is None:
+        process.kill()
+        raise TimeoutError(f"{target.__name__} did not finish in {TIMEOUT_S} s")
+    return process.exitcode
+
+
+def same_result(a: dict, b: dict) -> bool:
+    return same_tensors(a["masks"], b["masks"]) and a["scheduler"] == b["scheduler"] and same_tensors(a["state"], b["state"])
+
+
+def kill_and_resume(target: Callable[..., None], out: Path, kill: str) -> tuple[int, dict]:
+    """Kill a run at ``kill``, restart it without a kill; (exit code of the killed run, final result)."""
+    killed = run_child(target, out, kill)
+    assert run_child(target, out) == 0, f"the restart after {kill} failed"
+    return killed, torch.load(out / "result.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trainer_reference(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference")
+    assert run_child(crash_children.trainer_run, out) == 0
+    return torch.load(out / "result.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("kill, resumed_at", [
+    ("save_model:2", 3),          # checkpoint-6: weights written, no trainer state yet
+    ("trainer_state_half:3", 6),  # checkpoint-9's trainer_state.json cut in the middle
+    ("trainer_state_done:4", 12), # checkpoint-12 complete; old checkpoint not rotated, no pruning_state.pt
+    ("pruning_state_file:1", 3),  # checkpoint-3 complete, killed in on_save
+    ("save_model:1", 0),          # no complete checkpoint: starts again from the beginning
+])
+def test_trainer_killed_inside_a_save_resumes_bit_identically(tmp_path, trainer_reference, kill, resumed_at):
+    exit_code, result = kill_and_resume(crash_children.trainer_run, tmp_path, kill)
+    assert exit_code == -9
+    assert result["start_step"] == resumed_at
+    assert same_result(result, trainer_reference)
+
+
+def test_trainer_killed_at_random_moments_resumes_bit_identically(tmp_path, trainer_reference):
+    rng = random.Random(0)
+    for i in range(3):
+        delay = rng.uniform(0, trainer_reference["seconds"])
+        _, result = kill_and_resume(crash_children.trainer_run, tmp_path / str(i), f"random:{delay:.3f}")
+        assert same_result(result, trainer_reference), f"kill after {delay:.3f} s"
