@@ -82,6 +82,12 @@ def _own_trainer(output_dir: Path, data, callbacks=None, **args) -> Trainer:
     return trainer
 
 
+def _callback_trainer(output_dir: Path, data, callbacks=None, **args) -> Trainer:
+    """A plain Trainer given a PruningCallback the normal way, ``callbacks=[...]``."""
+    return Trainer(tiny_resnet(), training_args(output_dir, **args), train_dataset=data.train,
+                   callbacks=[*(callbacks or []), PruningCallback(PRUNING)])
+
+
 def _controller(trainer: Trainer):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PruningCallback)).controller
 
@@ -90,13 +96,15 @@ def _controller(trainer: Trainer):
     (_trainer, {"save_strategy": "epoch"}, 1),
     (_trainer, {"save_strategy": "steps", "save_steps": 12}, 2),
     (_own_trainer, {"save_strategy": "epoch"}, 1),
-], ids=["epoch-boundary", "mid-epoch", "own-trainer"])
+    (_callback_trainer, {"save_strategy": "steps", "save_steps": 12}, 2),
+], ids=["epoch-boundary", "mid-epoch", "own-trainer", "callbacks-argument"])
 def test_resume_continues_bit_identically(tmp_path, data, make, save, stop_after):
     full = make(tmp_path / "full", data, **save)
     full.train()
-    make(tmp_path / "resumed", data, callbacks=[StopAfterEpoch(stop_after)], **save).train()
-    resumed = make(tmp_path / "resumed", data, **save)
-    resumed.train(resume_from_checkpoint=True)
+    make(tmp_path / "stopped", data, callbacks=[StopAfterEpoch(stop_after)], **save).train()
+    checkpoint = max((tmp_path / "stopped").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resumed = make(tmp_path / "resumed", data, **save)  # another output_dir: the given checkpoint is used
+    resumed.train(resume_from_checkpoint=str(checkpoint))
     assert same_tensors(masks_of(_controller(resumed)), masks_of(_controller(full)))
     assert _controller(resumed).scheduler.state_dict() == _controller(full).scheduler.state_dict()
     assert same_tensors(resumed.model.state_dict(), full.model.state_dict())
@@ -132,9 +140,9 @@ def test_callback_in_a_users_own_trainer(tmp_path, data):
 
     model = tiny_resnet()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    callback = PruningCallback(config)  # given the normal way, after a reporter: it still runs before it
     trainer = OwnTrainer(model, training_args(tmp_path, optim="sgd", num_train_epochs=2), train_dataset=data.train,
-                         callbacks=[Reporter()])
-    callback = PruningCallback(config).install(trainer)
+                         callbacks=[Reporter(), callback])
     trainer.train()
     ctrl = callback.controller
     assert ctrl.model is model and ctrl.frozen and ctrl.compression_stage() == 2
@@ -145,6 +153,19 @@ def test_callback_in_a_users_own_trainer(tmp_path, data):
         old = before[info.param].movedim(info.dim, 0)[pruned].flatten(1).norm(dim=1)
         new = model.get_parameter(info.param).detach().movedim(info.dim, 0)[pruned].flatten(1).norm(dim=1)
         assert (new < old).all(), info.module_name
+
+
+def test_callback_and_pruning_trainer_train_identically(tmp_path, data):
+    """The controller's loss goes through the same gradient clipping and accumulation in both paths."""
+    config = {"pruning_init": 0.25, "params": {**PRUNING["params"], "regularization_weight": 0.5}}
+    args = dict(num_train_epochs=1, max_grad_norm=0.5, gradient_accumulation_steps=2)
+    pruning_trainer = _trainer(tmp_path / "a", data, config=config, **args)
+    pruning_trainer.train()
+    trainer = Trainer(tiny_resnet(), training_args(tmp_path / "b", **args), train_dataset=data.train,
+                      callbacks=[PruningCallback(config)])
+    trainer.train()
+    assert max(h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h) > 0.5  # clipping happened
+    assert same_tensors(trainer.model.state_dict(), pruning_trainer.model.state_dict())
 
 
 def test_strip_model_returns_the_smaller_model_and_ends_training(tmp_path, data):
@@ -256,6 +277,26 @@ def test_half_the_flops_pruned_stays_within_two_points_of_dense(tmp_path):
     trainer.save_model(tmp_path / "small")  # the timm model's own keys and (smaller) shapes
     saved = load_file(tmp_path / "small" / "model.safetensors")
     assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in small.state_dict().items()}
+
+
+def test_train_runs_the_learned_ranking_search_itself(tmp_path, data):
+    coeffs = tmp_path / "coeffs.json"
+    legr = {"generations": 2, "train_steps": 1, "population_size": 2, "num_samples": 2, "mutate_percent": 1.0}
+    config = {"params": {**PRUNING["params"], "interlayer_ranking_type": "learned_ranking", "legr_params": legr,
+                         "save_ranking_coeffs_path": str(coeffs)}}
+    trainer = _trainer(tmp_path / "run", data, config=config, num_train_epochs=2, save_strategy="epoch")
+    identity = trainer.controller.ranking
+    trainer.train()
+    learned = trainer.controller.ranking
+    assert learned is not identity and learned.coefficients != identity.coefficients  # the search ran
+    saved = json.loads(coeffs.read_text())["groups"]
+    assert {int(g): (v["a"], v["b"]) for g, v in saved.items()} == learned.coefficients
+    assert trainer.controller.pruning_level == 0.5
+    # resuming restores the searched coefficients from the checkpoint instead of searching again
+    resumed = _trainer(tmp_path / "run", data, config=config, num_train_epochs=2, save_strategy="epoch")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-8"))
+    assert resumed.controller.ranking.coefficients == learned.coefficients
+    assert same_tensors(masks_of(resumed.controller), masks_of(trainer.controller))
 
 
 def test_learned_ranking_is_searched_before_training(tmp_path, data):
