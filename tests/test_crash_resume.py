@@ -21,7 +21,8 @@ from scripts.common import same_tensors
 
 TIMEOUT_S = 300
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["scripts.crash_children", "hf_prune.integrations.trainer"])
+_context.set_forkserver_preload(["scripts.crash_children", "hf_prune.integrations.trainer",
+                                 "hf_prune.integrations.accelerate"])
 
 
 def run_child(target: Callable[..., None], out: Path, kill: str | None = None) -> int:
@@ -73,3 +74,31 @@ def test_trainer_killed_at_random_moments_resumes_bit_identically(tmp_path, trai
         delay = rng.uniform(0, trainer_reference["seconds"])
         _, result = kill_and_resume(crash_children.trainer_run, tmp_path / str(i), f"random:{delay:.3f}")
         assert same_result(result, trainer_reference), f"kill after {delay:.3f} s"
+
+
+@pytest.fixture(scope="module")
+def accelerate_reference(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference")
+    assert run_child(crash_children.accelerate_run, out) == 0
+    return torch.load(out / "result.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("kill, resumed_at", [
+    ("custom_state:2", 1),  # epoch 1's checkpoint: weights written, pruning state not: epoch 0's is kept
+    ("saved_state:3", 2),   # epoch 2's checkpoint complete but not yet in place
+    ("swap:3", 2),          # epoch 1's checkpoint moved aside, epoch 2's not yet in place
+    ("custom_state:1", -1), # no checkpoint yet: starts from the beginning
+])
+def test_accelerate_killed_inside_a_save_resumes_bit_identically(tmp_path, accelerate_reference, kill, resumed_at):
+    exit_code, result = kill_and_resume(crash_children.accelerate_run, tmp_path, kill)
+    assert exit_code == -9
+    assert result["start_step"] == resumed_at  # the first epoch the restart trains
+    assert same_result(result, accelerate_reference)
+
+
+def test_accelerate_killed_at_random_moments_resumes_bit_identically(tmp_path, accelerate_reference):
+    rng = random.Random(1)
+    for i in range(3):
+        delay = rng.uniform(0, accelerate_reference["seconds"])
+        _, result = kill_and_resume(crash_children.accelerate_run, tmp_path / str(i), f"random:{delay:.3f}")
+        assert same_result(result, accelerate_reference), f"kill after {delay:.3f} s"

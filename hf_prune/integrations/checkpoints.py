@@ -147,23 +147,40 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
 
 
 def publish_directory(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
-    """``write(temporary directory)`` next to ``path``, then move it to ``path``, replacing what was there:
-    readers see the old directory or the whole new one, never a half-written one (the one moment between
-    removing the old and renaming the new shows no directory at all)."""
+    """``write(temporary directory)`` next to ``path``, then :func:`swap_in` it: readers see the old
+    directory or the whole new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         write(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def swap_in(new: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Move the finished directory ``new`` to ``path``, replacing what was there. A kill between the two
+    renames leaves no ``path`` but the previous one as ``.<name>.old``, which :func:`published` returns."""
+    path, previous = Path(path), _previous(Path(path))
+    if path.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(path, previous)
+    os.replace(new, path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def published(path: str | os.PathLike[str]) -> Path | None:
+    """The last directory :func:`swap_in` completed at ``path`` (``path``, or its previous version when a
+    kill came between the renames); ``None`` when there is none."""
+    path = Path(path)
+    for candidate in (path, _previous(path)):
+        if candidate.is_dir():
+            return candidate
+    return None

@@ -377,23 +377,36 @@ class PruningTrainer(Trainer):
         self._ranking_learned = True
         return coefficients
 
-    def push_to_hub(self, repo_id: str | None = None, commit_message: str = "Upload model pruned with hf_prune",
-                    recipe: Any = None, base_model: str | None = None, **kwargs: Any) -> Any:
-        """Upload the stripped model (a stripped copy while masks are still active) with a model card
-        holding the pruning statistics, config and ``recipe``; see :func:`hf_prune.push_to_hub`.
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, **kwargs: Any) -> Any:
+        """``Trainer.push_to_hub``, uploading the stripped model (a stripped copy while masks are still
+        active) with a model card holding the pruning statistics and config; see :func:`hf_prune.push_to_hub`.
 
-        ``repo_id`` defaults to ``args.hub_model_id``; the token and privacy come from the arguments.
+        The repository is ``args.hub_model_id`` (or ``repo_id=``); token and privacy come from the
+        arguments. Keyword arguments: ``repo_id``, ``recipe`` (shown on the card), ``base_model`` (or
+        Trainer's ``finetuned_from``). Returns the commit info, or a future when ``blocking=False``;
+        ``None`` on processes other than the main one. ``save_model`` with ``push_to_hub=True`` calls it.
         """
+        from huggingface_hub import HfApi
+
         from .hub import push_to_hub
 
-        repo_id = repo_id or self.args.hub_model_id
+        unknown = set(kwargs) - {"repo_id", "recipe", "base_model", "finetuned_from"}
+        if unknown:
+            raise TypeError(f"PruningTrainer.push_to_hub got unsupported keyword arguments {sorted(unknown)}: "
+                            "it accepts repo_id, recipe, base_model (or finetuned_from)")
+        repo_id = kwargs.get("repo_id") or self.args.hub_model_id
         if not repo_id:
-            raise HfPruneError("push_to_hub needs a repo_id (or TrainingArguments(hub_model_id=...))")
+            raise HfPruneError("push_to_hub needs TrainingArguments(hub_model_id=...) (or repo_id=)")
         if not self.is_world_process_zero():
             return None
-        return push_to_hub(self.pruning_run.model, repo_id, controller=self.controller, recipe=recipe,
-                           base_model=base_model, private=self.args.hub_private_repo, token=self.args.hub_token,
-                           commit_message=commit_message)
+        token = token or self.args.hub_token
+        upload = dict(controller=self.controller, recipe=kwargs.get("recipe"), private=self.args.hub_private_repo,
+                      base_model=kwargs.get("base_model") or kwargs.get("finetuned_from"), token=token,
+                      commit_message=commit_message or "Upload model pruned with hf_prune", revision=revision)
+        if blocking:
+            return push_to_hub(self.pruning_run.model, repo_id, **upload)
+        return HfApi(token=token).run_as_future(push_to_hub, self.pruning_run.model, repo_id, **upload)
 
     def strip_model(self) -> nn.Module:
         """Remove the pruned channels for good (masks detached) and return the user's model, now smaller.

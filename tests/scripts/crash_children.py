@@ -82,11 +82,35 @@ def _arm_trainer_points(point: str, n: int) -> None:
         raise ValueError(f"unknown kill point {point!r}")
 
 
-POINTS = ("save_model", "trainer_state_half", "trainer_state_done", "pruning_state_file")
+def _arm_accelerate_points(point: str, n: int) -> None:
+    import accelerate.accelerator
+
+    from hf_prune.integrations import accelerate as integration
+
+    if point == "custom_state":  # weights, optimizer and RNG of checkpoint n written, not the pruning state
+        _kill_on_call(accelerate.accelerator, "save_custom_state", n, before=True)
+    elif point == "saved_state":  # checkpoint n complete in its temporary directory, not swapped in
+        _kill_on_call(accelerate.accelerator.Accelerator, "save_state", n)
+    elif point == "swap":  # between moving the previous checkpoint away and moving the new one in
+        original, calls = integration.swap_in, [0]
+
+        def swap_in(new: Any, path: Any) -> None:
+            calls[0] += 1
+            if calls[0] == n and Path(path).exists():
+                os.replace(path, Path(path).with_name(f".{Path(path).name}.old"))
+                _die()
+            original(new, path)
+
+        integration.swap_in = swap_in
+    else:
+        raise ValueError(f"unknown kill point {point!r}")
 
 
-def _arm(kill: str | None) -> None:
-    """Set up the kill described by ``kill`` (see the module docstring)."""
+_POINTS = {"trainer": _arm_trainer_points, "accelerate": _arm_accelerate_points}
+
+
+def _arm(kill: str | None, path: str) -> None:
+    """Set up the kill described by ``kill`` (see the module docstring) in a run of ``path``."""
     if kill is None:
         return
     point, value = kill.split(":")
@@ -95,7 +119,7 @@ def _arm(kill: str | None) -> None:
         timer.daemon = True
         timer.start()
     else:
-        _arm_trainer_points(point, int(value))
+        _POINTS[path](point, int(value))
 
 
 def _save_result(out: Path, controller: Any, model: torch.nn.Module, seconds: float, start_step: int) -> None:
@@ -123,7 +147,39 @@ def trainer_run(out: str, kill: str | None = None) -> None:
                          save_strategy="steps", save_steps=3, save_total_limit=2)
     trainer = PruningTrainer(tiny_resnet(), args, pruning_config=PRUNING, train_dataset=digits(limit=96).train,
                              callbacks=[start_step])
-    _arm(kill)
+    _arm(kill, "trainer")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume or None)
     _save_result(out_dir, trainer.controller, trainer.model, time.perf_counter() - start, start_step.step)
+
+
+def accelerate_run(out: str, kill: str | None = None) -> None:
+    """AcceleratedPruner in a custom loop, a crash-safe checkpoint after every epoch; resumes from it if any."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from torch.utils.data import DataLoader
+
+    from hf_prune.integrations.accelerate import AcceleratedPruner
+
+    torch.set_num_threads(1)
+    out_dir = Path(out)
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    model = tiny_resnet()
+    loader = DataLoader(digits(limit=96).train, batch_size=16, shuffle=True)
+    pruner = AcceleratedPruner(accelerator, model, PRUNING, data_loader=loader)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    resumed = pruner.load_checkpoint(out_dir / "checkpoint")
+    start_epoch = pruner.controller.scheduler.current_epoch + 1
+    _arm(kill, "accelerate")
+    start = time.perf_counter()
+    for epoch in range(start_epoch, 5):
+        pruner.epoch_step()
+        loader.set_epoch(epoch)
+        for batch in loader:
+            accelerator.backward(model(**batch).loss + pruner.loss())
+            optimizer.step()
+            optimizer.zero_grad()
+            pruner.step()
+        pruner.save_checkpoint(out_dir / "checkpoint")
+    _save_result(out_dir, pruner.controller, pruner.model, time.perf_counter() - start,
+                 start_epoch if resumed else -1)
