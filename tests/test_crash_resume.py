@@ -22,7 +22,7 @@ from scripts.common import same_tensors
 TIMEOUT_S = 300
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["scripts.crash_children", "hf_prune.integrations.trainer",
-                                 "hf_prune.integrations.accelerate"])
+                                 "hf_prune.integrations.accelerate", "hf_prune.app.run", "hf_prune.app.cli"])
 
 
 def run_child(target: Callable[..., None], out: Path, kill: str | None = None) -> int:
@@ -102,3 +102,44 @@ def test_accelerate_killed_at_random_moments_resumes_bit_identically(tmp_path, a
         delay = rng.uniform(0, accelerate_reference["seconds"])
         _, result = kill_and_resume(crash_children.accelerate_run, tmp_path / str(i), f"random:{delay:.3f}")
         assert same_result(result, accelerate_reference), f"kill after {delay:.3f} s"
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference")
+    assert run_child(crash_children.cli_run, out) == 0
+    return torch.load(out / "result.pt", weights_only=True)
+
+
+def _check_products_of_a_killed_run(run: Path) -> None:
+    """No report (the mark of a finished run); model/ absent or whole."""
+    import hf_prune
+
+    assert not (run / "report.json").exists()
+    if (run / "model").exists():
+        hf_prune.from_pretrained(run / "model")
+
+
+@pytest.mark.parametrize("kill", [
+    "publish:1",           # warm-up done, its result not yet in place: the warm-up runs again
+    "trainer_state_half:2", # pruning checkpoint-6 cut short: resumes from checkpoint-3
+    "save_pretrained:1",   # model/ written aside
+    "report:1",            # everything but the report
+])
+def test_cli_killed_resumes_bit_identically_and_never_looks_finished(tmp_path, cli_reference, kill):
+    assert run_child(crash_children.cli_run, tmp_path, kill) == -9
+    _check_products_of_a_killed_run(tmp_path / "run")
+    assert run_child(crash_children.cli_run, tmp_path) == 0
+    assert same_tensors(torch.load(tmp_path / "result.pt", weights_only=True)["state"], cli_reference["state"])
+
+
+def test_cli_killed_at_random_moments_resumes_bit_identically(tmp_path, cli_reference):
+    rng = random.Random(2)
+    for i in range(2):
+        delay = rng.uniform(0, cli_reference["seconds"])
+        out = tmp_path / str(i)
+        if run_child(crash_children.cli_run, out, f"random:{delay:.3f}") == -9:
+            _check_products_of_a_killed_run(out / "run")
+        assert run_child(crash_children.cli_run, out) == 0
+        result = torch.load(out / "result.pt", weights_only=True)
+        assert same_tensors(result["state"], cli_reference["state"]), f"kill after {delay:.3f} s"

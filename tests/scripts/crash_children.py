@@ -106,7 +106,23 @@ def _arm_accelerate_points(point: str, n: int) -> None:
         raise ValueError(f"unknown kill point {point!r}")
 
 
-_POINTS = {"trainer": _arm_trainer_points, "accelerate": _arm_accelerate_points}
+def _arm_cli_points(point: str, n: int) -> None:
+    from hf_prune.app import run
+    from hf_prune.integrations import checkpoints, serialization
+
+    if point == "publish":  # the n-th directory written aside (warm-up, onnx, onnx_dense), not swapped in
+        _kill_on_call(checkpoints, "swap_in", n, before=True)
+    elif point == "save_pretrained":  # model/ written aside, not moved in
+        _kill_on_call(serialization, "_save_timm", n)
+    elif point == "report":  # report files written aside, not moved
+        _kill_on_call(run, "write_report", n)
+    elif point in ("save_model", "trainer_state_half"):
+        _arm_trainer_points(point, n)
+    else:
+        raise ValueError(f"unknown kill point {point!r}")
+
+
+_POINTS = {"trainer": _arm_trainer_points, "accelerate": _arm_accelerate_points, "cli": _arm_cli_points}
 
 
 def _arm(kill: str | None, path: str) -> None:
@@ -183,3 +199,30 @@ def accelerate_run(out: str, kill: str | None = None) -> None:
         pruner.save_checkpoint(out_dir / "checkpoint")
     _save_result(out_dir, pruner.controller, pruner.model, time.perf_counter() - start,
                  start_epoch if resumed else -1)
+
+
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+CLI_OVERRIDES = ["model.name=timm/test_resnet", "model.image_size=16", "data.limit=96", "dense_epochs=1",
+                 "training.num_train_epochs=3", "pruning.params.pruning_steps=2", "training.logging_steps=1",
+                 "training.per_device_train_batch_size=16", "training.save_strategy=steps", "training.save_steps=3",
+                 "training.disable_tqdm=true"]
+
+
+def cli_run(out: str, kill: str | None = None) -> None:
+    """``hf-prune train`` on the demo recipe (tiny): warm-up, pruning with a checkpoint every 3 steps,
+    strip, model/, ONNX, report. The result holds the saved model's weights."""
+    import hf_prune
+    from hf_prune.app.cli import main
+
+    torch.set_num_threads(1)
+    out_dir = Path(out)
+    overrides = [arg for o in [*CLI_OVERRIDES, f"training.output_dir={out_dir / 'run'}"] for arg in ("--set", o)]
+    _arm(kill, "cli")
+    start = time.perf_counter()
+    if main(["train", str(DEMO), *overrides]) != 0:
+        raise SystemExit(1)
+    seconds = time.perf_counter() - start
+    report = json.loads((out_dir / "run" / "report.json").read_text())
+    state = hf_prune.from_pretrained(out_dir / "run" / "model").state_dict()
+    torch.save({"masks": {}, "scheduler": report["level_history"], "state": state, "seconds": seconds},
+               out_dir / "result.pt")
