@@ -120,17 +120,20 @@ def _check_products_of_a_killed_run(run: Path) -> None:
         hf_prune.from_pretrained(run / "model")
 
 
-@pytest.mark.parametrize("kill", [
-    "publish:1",           # warm-up done, its result not yet in place: the warm-up runs again
-    "trainer_state_half:2", # pruning checkpoint-6 cut short: resumes from checkpoint-3
-    "save_pretrained:1",   # model/ written aside
-    "report:1",            # everything but the report
+@pytest.mark.parametrize("kill, warmup_reused, resumed_from", [
+    ("publish:1", False, None),                   # warm-up done, its result not yet in place: trained again
+    ("trainer_state_half:2", True, "checkpoint-3"),  # pruning checkpoint-6 cut short
+    ("save_pretrained:1", True, "checkpoint-18"),  # model/ written aside
+    ("report:1", True, "checkpoint-18"),           # everything but the report
 ])
-def test_cli_killed_resumes_bit_identically_and_never_looks_finished(tmp_path, cli_reference, kill):
+def test_cli_killed_resumes_bit_identically_and_never_looks_finished(tmp_path, cli_reference, kill, warmup_reused,
+                                                                      resumed_from):
     assert run_child(crash_children.cli_run, tmp_path, kill) == -9
     _check_products_of_a_killed_run(tmp_path / "run")
     assert run_child(crash_children.cli_run, tmp_path) == 0
-    assert same_tensors(torch.load(tmp_path / "result.pt", weights_only=True)["state"], cli_reference["state"])
+    result = torch.load(tmp_path / "result.pt", weights_only=True)
+    assert (result["warmup_reused"], result["resumed_from"]) == (warmup_reused, resumed_from)
+    assert same_tensors(result["state"], cli_reference["state"])
 
 
 def test_cli_killed_at_random_moments_resumes_bit_identically(tmp_path, cli_reference):

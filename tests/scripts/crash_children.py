@@ -212,8 +212,22 @@ def cli_run(out: str, kill: str | None = None) -> None:
     """``hf-prune train`` on the demo recipe (tiny): warm-up, pruning with a checkpoint every 3 steps,
     strip, model/, ONNX, report. The result holds the saved model's weights."""
     import hf_prune
+    from hf_prune.app import run
     from hf_prune.app.cli import main
+    from hf_prune.integrations.trainer import PruningTrainer
 
+    seen: dict[str, Any] = {"resumed_from": None, "warmup_reused": False}
+    choose, find_warmup = PruningTrainer._last_complete_checkpoint, run.published
+
+    def last_complete_checkpoint(self: PruningTrainer) -> str | None:
+        seen["resumed_from"] = choose(self) and Path(choose(self)).name
+        return choose(self)
+
+    def published(path: Any) -> Path | None:
+        seen["warmup_reused"] = find_warmup(path) is not None
+        return find_warmup(path)
+
+    PruningTrainer._last_complete_checkpoint, run.published = last_complete_checkpoint, published
     torch.set_num_threads(1)
     out_dir = Path(out)
     overrides = [arg for o in [*CLI_OVERRIDES, f"training.output_dir={out_dir / 'run'}"] for arg in ("--set", o)]
@@ -224,5 +238,5 @@ def cli_run(out: str, kill: str | None = None) -> None:
     seconds = time.perf_counter() - start
     report = json.loads((out_dir / "run" / "report.json").read_text())
     state = hf_prune.from_pretrained(out_dir / "run" / "model").state_dict()
-    torch.save({"masks": {}, "scheduler": report["level_history"], "state": state, "seconds": seconds},
+    torch.save({"masks": {}, "scheduler": report["level_history"], "state": state, "seconds": seconds, **seen},
                out_dir / "result.pt")
