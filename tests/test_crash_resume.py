@@ -1,50 +1,19 @@
 """Crash safety: a real training process is SIGKILLed (inside a save, between saves, at random moments),
 started again on the same directory, and must end bit-identical (masks, schedule, every weight) to a run
-that was never interrupted.
-
-The processes are forked from a server that imported torch and transformers once (multiprocessing's
-``forkserver`` with preloading), so a restart costs milliseconds instead of seconds of imports.
+that was never interrupted. ``bench/crash_resume.py`` counts the same over more random kills.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
 from scripts import crash_children
 from scripts.common import same_tensors
-
-TIMEOUT_S = 300
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["scripts.crash_children", "hf_prune.integrations.trainer",
-                                 "hf_prune.integrations.accelerate", "hf_prune.app.run", "hf_prune.app.cli"])
-
-
-def run_child(target: Callable[..., None], out: Path, kill: str | None = None) -> int:
-    """Run ``target(out, kill)`` in a new process; its exit code (-9 when it was killed)."""
-    process = _context.Process(target=target, args=(str(out), kill))
-    process.start()
-    process.join(TIMEOUT_S)
-    if process.exitcode is None:
-        process.kill()
-        raise TimeoutError(f"{target.__name__} did not finish in {TIMEOUT_S} s")
-    return process.exitcode
-
-
-def same_result(a: dict, b: dict) -> bool:
-    return same_tensors(a["masks"], b["masks"]) and a["scheduler"] == b["scheduler"] and same_tensors(a["state"], b["state"])
-
-
-def kill_and_resume(target: Callable[..., None], out: Path, kill: str) -> tuple[int, dict]:
-    """Kill a run at ``kill``, restart it without a kill; (exit code of the killed run, final result)."""
-    killed = run_child(target, out, kill)
-    assert run_child(target, out) == 0, f"the restart after {kill} failed"
-    return killed, torch.load(out / "result.pt", weights_only=True)
+from scripts.crash_harness import kill_and_resume, run_child, same_result
 
 
 @pytest.fixture(scope="module")
