@@ -196,6 +196,14 @@ def test_stripping_while_training_stops_it(tmp_path, data):
     assert trainer.state.global_step == 16  # not one step on the changed model
 
 
+def test_restoring_callbacks_from_the_checkpoint_is_refused(tmp_path, data):
+    # the Trainer would replace the callback by a new one, without its controller
+    with pytest.raises(HfPruneError, match="restore_callback_states_from_checkpoint=True would replace"):
+        _trainer(tmp_path, data, restore_callback_states_from_checkpoint=True)
+    with pytest.raises(HfPruneError, match="restore_callback_states_from_checkpoint=True would replace"):
+        _callback_trainer(tmp_path, data, restore_callback_states_from_checkpoint=True)
+
+
 def test_pruning_config_of_the_wrong_type(tmp_path, data):
     with pytest.raises(TypeError, match="pruning_config must be a hf_prune.PruningConfig"):
         _trainer(tmp_path, data, config=0.5)
