@@ -238,5 +238,6 @@ def cli_run(out: str, kill: str | None = None) -> None:
     seconds = time.perf_counter() - start
     report = json.loads((out_dir / "run" / "report.json").read_text())
     state = hf_prune.from_pretrained(out_dir / "run" / "model").state_dict()
-    torch.save({"masks": {}, "scheduler": report["level_history"], "state": state, "seconds": seconds, **seen},
-               out_dir / "result.pt")
+    # the weights decide (masks are the stripped shapes); report["level_history"] may lack the log entries a
+    # Trainer made after its last checkpoint (e.g. the last epoch's evaluation), which a resume does not replay
+    torch.save({"masks": {}, "scheduler": None, "state": state, "seconds": seconds, **seen}, out_dir / "result.pt")
