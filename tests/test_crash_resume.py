@@ -65,6 +65,7 @@ def test_accelerate_killed_inside_a_save_resumes_bit_identically(tmp_path, accel
     assert same_result(result, accelerate_reference)
 
 
+@pytest.mark.slow  # bench/crash_resume.py runs 10 per path
 def test_accelerate_killed_at_random_moments_resumes_bit_identically(tmp_path, accelerate_reference):
     rng = random.Random(1)
     for i in range(3):
@@ -105,6 +106,7 @@ def test_cli_killed_resumes_bit_identically_and_never_looks_finished(tmp_path, c
     assert same_tensors(result["state"], cli_reference["state"])
 
 
+@pytest.mark.slow  # bench/crash_resume.py runs 10 per path
 def test_cli_killed_at_random_moments_resumes_bit_identically(tmp_path, cli_reference):
     rng = random.Random(2)
     for i in range(2):
