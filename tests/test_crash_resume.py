@@ -101,6 +101,7 @@ def test_cli_killed_resumes_bit_identically_and_never_looks_finished(tmp_path, c
     assert run_child(crash_children.cli_run, tmp_path, kill) == -9
     _check_products_of_a_killed_run(tmp_path / "run")
     assert run_child(crash_children.cli_run, tmp_path) == 0
+    assert not list((tmp_path / "run").glob("**/.*.tmp"))  # what the killed run wrote aside is cleaned up
     result = torch.load(tmp_path / "result.pt", weights_only=True)
     assert (result["warmup_reused"], result["resumed_from"]) == (warmup_reused, resumed_from)
     assert same_tensors(result["state"], cli_reference["state"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -170,6 +171,8 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
     args = recipe.training_arguments()
     if args.process_index == 0:
         (out / "report.json").unlink(missing_ok=True)  # the run is not finished (again) until written last
+        for leftover in [*out.glob(".*.tmp"), *out.glob("dense/.*.tmp")]:  # written aside by a killed run
+            shutil.rmtree(leftover, ignore_errors=True)
     set_seed(args.seed)  # the same weights in every process and when the run is started again
     model, example_inputs = _build_model(recipe)
     example_inputs = _seeded(example_inputs)  # every process of a distributed run traces the same inputs
@@ -215,7 +218,7 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
 def _write_report_last(report: RunReport, out: Path) -> dict[str, Path]:
     """:func:`write_report` into a temporary directory, then move its files into ``out``, ``report.json``
     last: its presence means the whole run finished."""
-    with tempfile.TemporaryDirectory(dir=out, prefix=".report.") as tmp:
+    with tempfile.TemporaryDirectory(dir=out, prefix=".report.", suffix=".tmp") as tmp:
         written = write_report(report, tmp)
         for path in sorted(Path(tmp).iterdir(), key=lambda p: p.name == "report.json"):
             os.replace(path, out / path.name)
