@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from scripts.common import same_tensors
@@ -64,11 +65,16 @@ def test_pruning_trainer_on_two_processes(tmp_path):
     assert not any(f.endswith(".tmp") for f in files)
 
 
-def test_accelerated_pruner_on_two_processes(tmp_path):
-    # the README's multi-GPU command; with Accelerator(cpu=True) it runs 2 CPU processes over gloo
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="DDP over NCCL needs 2 GPUs")]),
+])
+def test_accelerated_pruner_on_two_processes(tmp_path, device):
+    # the README's multi-GPU command: 2 GPUs over NCCL, or (Accelerator(cpu=True)) 2 CPU processes over gloo
     launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    ranks = _launch(launcher, "ddp_accelerate.py", tmp_path)
+    ranks = _launch(launcher, "ddp_accelerate.py", tmp_path, HF_PRUNE_TEST_DEVICE=device)
     _check_runs(ranks)
     assert same_tensors(ranks[0]["full"]["bn_stats"], ranks[1]["full"]["bn_stats"]), "BN adaptation not reduced"
     assert ranks[0]["files"] == ["checkpoint/custom_checkpoint_0.pkl", "checkpoint/model.safetensors",
