@@ -325,7 +325,13 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
     deployed = deploy_copy(model, target)
     inputs = batched(analysis.example_inputs, target)
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: shapes.setdefault(name, tuple(args[0].shape)))
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name))
              for name, m in deployed.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.inference_mode():

@@ -1,0 +1,94 @@
+"""Latency targets: the per-layer latency table, its cache, and 'auto' channel multiples (on CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+import hf_prune
+from hf_prune.algorithm.latency import DeployTarget, LatencyError, auto_channel_multiple
+from hf_prune.app.report import RunReport, _markdown
+from conftest import randomize_norms
+
+X = torch.randn(1, 3, 64, 64)
+
+
+def _resnet18():
+    torch.manual_seed(0)
+    return randomize_norms(timm.create_model("resnet18", num_classes=10))
+
+
+def _latency_ctrl(path, target=0.9, **params):
+    cfg = {"params": {"pruning_latency_target": target, "latency_table_path": str(path), **params}}
+    return hf_prune.create_pruning_controller(_resnet18(), cfg, example_inputs=X)
+
+
+def test_latency_target_is_met_by_the_latency_model(tmp_path):
+    ctrl = _latency_ctrl(tmp_path / "table.json")
+    assert ctrl.target_level == pytest.approx(0.1)
+    ctrl.set_pruning_level(ctrl.target_level)
+    ratio = ctrl.predicted_latency_ms / ctrl.latency.dense
+    assert 0.88 <= ratio <= 0.9 + 1e-9  # the target, not overshot by more than 0.02
+    assert ctrl.compression_rate == pytest.approx(1 - ratio) and ctrl.compression_stage() == 2
+    assert ctrl.current_flops < ctrl.analysis.dense_flops
+    stats = ctrl.statistics()
+    assert stats.prune_latency and stats.latency_predicted_ms == pytest.approx(ctrl.predicted_latency_ms)
+    assert stats.latency_measured_ms is None and "predicted" in str(stats)
+    small = ctrl.strip_model(do_copy=True)
+    assert ctrl.measure_latency(small) > 0
+    stats = ctrl.statistics()
+    assert stats.latency_measured_ms == ctrl.measured_latency_ms
+    text = _markdown(RunReport("r.yaml", "resnet18", statistics=stats), {})
+    assert "## Latency on the deployment target" in text and "measured (stripped)" in text
+
+
+def test_latency_table_is_cached_and_measured_again_when_its_key_changes(tmp_path):
+    path = tmp_path / "table.json"
+    first = _latency_ctrl(path)
+    data = json.loads(path.read_text())
+    assert data["key"]["batch_size"] == 1 and data["key"]["torch"] == torch.__version__
+    assert set(data["layers"]) == {layer.module for layer in first.latency.layers} and data["layers"]
+    data["dense_ms"] = 1234.5  # a marker: a reused table carries it, a measured one cannot
+    path.write_text(json.dumps(data))
+    assert _latency_ctrl(path).latency.dense == 1234.5
+    again = _latency_ctrl(path, latency_batch_size=2)
+    assert again.latency.dense != 1234.5
+    assert json.loads(path.read_text())["key"]["batch_size"] == 2
+
+
+def test_unreachable_latency_target_names_the_key(tmp_path):
+    ctrl = _latency_ctrl(tmp_path / "t.json", target=0.01)
+    with pytest.raises(hf_prune.errors.PruningLevelError, match="pruning_latency_target"):
+        ctrl.set_pruning_level(ctrl.target_level)
+
+
+def test_auto_multiple_follows_the_deployment_target():
+    cuda_bf16 = DeployTarget(torch.device("cuda"), torch.bfloat16)
+    assert auto_channel_multiple(cuda_bf16) == 64
+    assert auto_channel_multiple(DeployTarget(torch.device("cuda"), torch.float32)) == 32
+    cpu = auto_channel_multiple(DeployTarget(torch.device("cpu"), torch.float32))
+    assert cpu == (16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_deploy_device_that_is_absent_is_an_error():
+    with pytest.raises(LatencyError, match="deploy_device: cuda"):
+        hf_prune.create_pruning_controller(_resnet18(), {"params": {"channel_multiple": "auto", "deploy_device": "cuda"}},
+                                           example_inputs=X)
+
+
+def test_auto_multiple_meets_the_flops_target_on_the_rounded_grid():
+    model = timm.create_model("mobilenetv2_100")
+    cfg = {"params": {"pruning_flops_target": 0.5, "channel_multiple": "auto"}}
+    ctrl = hf_prune.create_pruning_controller(model, cfg, example_inputs=torch.randn(1, 3, 64, 64))
+    multiple = auto_channel_multiple(DeployTarget.from_config(ctrl.config.params, model))
+    assert all(g.unit in (multiple, multiple // 2, multiple // 4) for g in ctrl.groups.values())
+    small = [g for g in ctrl.groups.values() if g.size <= multiple]
+    assert small and all(g.unit < g.size for g in small)  # groups too small for the multiple: a finer unit
+    ctrl.set_pruning_level(0.5)
+    assert 0.5 <= ctrl.compression_rate <= 0.52
+    for gid, mask in ctrl.group_masks().items():
+        assert int(mask.sum()) % ctrl.groups[gid].unit == 0 or int(mask.sum()) == mask.numel()
