@@ -50,8 +50,8 @@ def test_latency_table_is_cached_and_measured_again_when_its_key_changes(tmp_pat
     first = _latency_ctrl(path)
     data = json.loads(path.read_text())
     assert data["key"]["batch_size"] == 1 and data["key"]["torch"] == torch.__version__
-    assert set(data["layers"]) == {layer.module for layer in first.latency.layers} and data["layers"]
-    data["dense_ms"] = 1234.5  # a marker: a reused table carries it, a measured one cannot
+    assert set(data["table"]["layers"]) == {layer.module for layer in first.latency.layers} and data["table"]["layers"]
+    data["table"]["dense_ms"] = 1234.5  # a marker: a reused table carries it, a measured one cannot
     path.write_text(json.dumps(data))
     assert _latency_ctrl(path).latency.dense == 1234.5
     again = _latency_ctrl(path, latency_batch_size=2)

@@ -22,7 +22,7 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,6 +34,8 @@ from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis
 from ..graph.groups import PruningGroup
 from ..graph.spaces import Label
+from ..graph.surgery import strip
+from .planning import kept_count
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 """Widths (fractions of a layer's channels) at which each layer is timed."""
 WARMUP, ITERATIONS = 3, 20
+TABLE_FORMAT = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / "latency"
 
 
@@ -162,11 +165,13 @@ def measure_latency(model: nn.Module, example_inputs: Any, target: DeployTarget)
 # ---------------------------------------------------------------------------- the table
 @dataclass
 class LayerTable:
-    """One layer's measured milliseconds at output widths × input widths."""
+    """One layer's measured milliseconds at output widths × input widths, and its output size
+    (elements of its dense output, over which the per-channel ops that follow it run)."""
 
     out_widths: list[int]
     in_widths: list[int]
     ms: list[list[float]]
+    activations: int = 0
 
     def lookup(self, out_width: float, in_width: float) -> float:
         """Bilinear interpolation (clamped) between the measured widths."""
@@ -186,6 +191,26 @@ class LayerTable:
 
 
 @dataclass
+class LatencyTable:
+    """What is measured once per key: the dense model's milliseconds, every narrowed layer's table,
+    and the per-channel time: milliseconds of the ops between layers (norms, activations, adds) per
+    unit of layer output, calibrated on one stripped model."""
+
+    dense_ms: float
+    layers: dict[str, LayerTable]
+    activations: int  # dense output elements of all conv/linear layers
+    per_channel_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyTable":
+        return cls(d["dense_ms"], {m: LayerTable(**t) for m, t in d["layers"].items()}, d["activations"],
+                   d["per_channel_ms"])
+
+
+@dataclass
 class _Layer:
     module: str
     out_label: Label
@@ -196,30 +221,38 @@ class _Layer:
 
 
 class LatencyModel:
-    """Predicted latency (ms) of the model under kept fractions of its leaf spaces (a ``CostModel``)."""
+    """Predicted latency (ms) of the model under kept fractions of its leaf spaces (a ``CostModel``).
+
+    Each narrowed layer costs its table's milliseconds at its kept widths plus its share of the
+    per-channel time (proportional to its kept output); the rest of the dense time is constant.
+    """
 
     name = "latency"
 
-    def __init__(self, analysis: ModelAnalysis, dense_ms: float, tables: Mapping[str, LayerTable],
-                 target: DeployTarget, key: dict[str, Any]) -> None:
+    def __init__(self, analysis: ModelAnalysis, table: LatencyTable, target: DeployTarget, key: dict[str, Any]) -> None:
         T, trace = analysis.trace.table, analysis.trace
-        self.target, self.key, self.dense = target, key, dense_ms
+        self.target, self.key, self.table, self.dense = target, key, table, table.dense_ms
         self.layers: list[_Layer] = []
         self._table = T
         self._layers_by_leaf: dict[int, list[int]] = {}
-        for module, table in tables.items():
+        for module, layer_table in table.layers.items():
             labels = trace.param_labels[f"{module}.weight"]
             shape = trace.param_shapes[f"{module}.weight"]
-            layer = _Layer(module, labels[0], labels[1], shape[0], shape[1], table)
+            layer = _Layer(module, labels[0], labels[1], shape[0], shape[1], layer_table)
             for leaf in {*T.leaves(layer.out_label), *T.leaves(layer.in_label)}:
                 self._layers_by_leaf.setdefault(leaf, []).append(len(self.layers))
             self.layers.append(layer)
-        self.remainder = dense_ms - sum(self._layer_ms(i, {}) for i in range(len(self.layers)))
+        self.remainder = self.dense - sum(self._layer_ms(i, {}) for i in range(len(self.layers)))
+
+    def _fractions(self, i: int, kept: Mapping[int, float]) -> tuple[float, float]:
+        layer, T = self.layers[i], self._table
+        return T.fraction(layer.out_label, dict(kept)), T.fraction(layer.in_label, dict(kept))
 
     def _layer_ms(self, i: int, kept: Mapping[int, float]) -> float:
-        layer, T = self.layers[i], self._table
-        return layer.table.lookup(layer.out_size * T.fraction(layer.out_label, dict(kept)),
-                                  layer.in_size * T.fraction(layer.in_label, dict(kept)))
+        layer = self.layers[i]
+        fo, fi = self._fractions(i, kept)
+        per_channel = self.table.per_channel_ms * layer.table.activations * fo / max(self.table.activations, 1)
+        return layer.table.lookup(layer.out_size * fo, layer.in_size * fi) + per_channel
 
     def cost(self, kept: Mapping[int, float]) -> float:
         return self.remainder + sum(self._layer_ms(i, kept) for i in range(len(self.layers)))
@@ -231,20 +264,17 @@ class LatencyModel:
     def build(cls, model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGroup], target: DeployTarget,
               cache_path: str | os.PathLike[str] | None = None) -> "LatencyModel":
         """The latency model of ``model``: read from ``cache_path`` when its key matches, else measured
-        on ``target`` (a few seconds to minutes) and written there."""
+        on ``target`` (seconds to minutes) and written there."""
         key = cache_key(analysis, target)
         path = Path(cache_path) if cache_path else DEFAULT_CACHE_DIR / f"{_digest(key)}.json"
         cached = _read(path)
         if cached is not None and cached.get("key") == key:
-            tables = {m: LayerTable(**t) for m, t in cached["layers"].items()}
-            return cls(analysis, cached["dense_ms"], tables, target, key)
+            return cls(analysis, LatencyTable.from_dict(cached["table"]), target, key)
         logger.info("measuring the latency table of %s on %s (%s, batch %d)", analysis.model_class,
                     target.device_name, target.dtype, target.batch_size)
-        dense_ms, tables = _measure(model, analysis, groups, target)
-        _write(path, {"key": key, "dense_ms": dense_ms,
-                      "layers": {m: {"out_widths": t.out_widths, "in_widths": t.in_widths, "ms": t.ms}
-                                 for m, t in tables.items()}})
-        return cls(analysis, dense_ms, tables, target, key)
+        table = _measure(model, analysis, groups, target)
+        _write(path, {"key": key, "table": table.to_dict()})
+        return cls(analysis, table, target, key)
 
 
 class LatencyTracker:
@@ -275,6 +305,7 @@ def cache_key(analysis: ModelAnalysis, target: DeployTarget) -> dict[str, Any]:
     structure = json.dumps([analysis.model_class, sorted(trace.param_shapes.items()),
                             sorted(trace.module_classes.items())], default=str)
     return {
+        "format": TABLE_FORMAT,
         "model": analysis.model_class,
         "signature": hashlib.sha256(structure.encode()).hexdigest()[:16],
         "device": target.device_name,
@@ -315,23 +346,23 @@ def _widths(size: int, unit: int, prunable: bool) -> list[int]:
     return sorted({min(size, max(step, math.ceil(size * f / step) * step)) for f in WIDTH_FRACTIONS})
 
 
-def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGroup],
-             target: DeployTarget) -> tuple[float, dict[str, LayerTable]]:
-    """Dense end-to-end milliseconds, and the table of every conv/linear layer a group narrows."""
+def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGroup], target: DeployTarget) -> LatencyTable:
+    """Time the dense model, every conv/linear layer a group narrows (alone, at a few widths), and a
+    copy stripped to half of every group (which calibrates the per-channel time)."""
     from ..graph.trace import call_model
 
     T, trace = analysis.trace.table, analysis.trace
     units = {g.space: g.unit for g in groups}
     deployed = deploy_copy(model, target)
     inputs = batched(analysis.example_inputs, target)
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, tuple[tuple[int, ...], int]] = {}  # layer -> (input shape, output elements)
 
     def record(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            shapes.setdefault(name, tuple(args[0].shape))
+        def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            shapes.setdefault(name, (tuple(args[0].shape), out.numel()))
         return hook
 
-    hooks = [m.register_forward_pre_hook(record(name))
+    hooks = [m.register_forward_hook(record(name))
              for name, m in deployed.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.inference_mode():
@@ -340,9 +371,8 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
         for h in hooks:
             h.remove()
     dense_ms = time_ms(lambda: call_model(deployed, inputs), target.device)
-    tables: dict[str, LayerTable] = {}
-    for name, shape in shapes.items():
-        module = deployed.get_submodule(name)
+    layers: dict[str, LayerTable] = {}
+    for name, (shape, activations) in shapes.items():
         labels = trace.param_labels.get(f"{name}.weight")
         if labels is None:
             continue
@@ -350,15 +380,37 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
         in_units = [units[leaf] for leaf in T.leaves(labels[1]) if leaf in units]
         if not out_units and not in_units:
             continue
-        weight = module.weight
-        outs = _widths(weight.shape[0], max(out_units, default=1), bool(out_units))
-        ins = _widths(weight.shape[1], max(in_units, default=1), bool(in_units))
+        module = deployed.get_submodule(name)
+        outs = _widths(module.weight.shape[0], max(out_units, default=1), bool(out_units))
+        ins = _widths(module.weight.shape[1], max(in_units, default=1), bool(in_units))
         ms = [[_time_layer(module, shape, o, i, target) for i in ins] for o in outs]
-        tables[name] = LayerTable(outs, ins, ms)
+        layers[name] = LayerTable(outs, ins, ms, activations)
+    table = LatencyTable(dense_ms, layers, sum(a for _, a in shapes.values()))
+    if groups and layers:
+        half = {g.space: torch.arange(g.size) < kept_count(g, 0.5) for g in groups}
+        strip(deployed, trace, half)
+        if target.channels_last:  # sliced weights come back contiguous
+            deployed = deployed.to(memory_format=torch.channels_last)
+        measured = time_ms(lambda: call_model(deployed, inputs), target.device)
+        table.per_channel_ms = _calibrate(analysis, table, target, half, measured)
     del deployed
-    return dense_ms, tables
+    return table
 
 
+def _calibrate(analysis: ModelAnalysis, table: LatencyTable, target: DeployTarget,
+               masks: Mapping[int, torch.Tensor], measured_ms: float) -> float:
+    """The per-channel time that makes the model predict ``measured_ms`` for ``masks`` (clamped to
+    [0, time outside the layers])."""
+    kept = {space: float(m.float().mean()) for space, m in masks.items()}
+    without = LatencyModel(analysis, table, target, {})
+    layers_saving = without.cost({}) - without.cost(kept)
+    outputs = [without._fractions(i, kept)[0] for i in range(len(without.layers))]
+    output_saving = sum(layer.table.activations * (1 - fo) for layer, fo in zip(without.layers, outputs))
+    output_saving /= max(table.activations, 1)
+    if output_saving <= 0:
+        return 0.0
+    per_channel = (table.dense_ms - measured_ms - layers_saving) / output_saving
+    return min(max(per_channel, 0.0), max(without.remainder, 0.0))
 def _time_layer(module: nn.Module, in_shape: tuple[int, ...], out_width: int, in_width: int,
                 target: DeployTarget) -> float:
     """Milliseconds of a fresh layer like ``module`` with ``out_width`` filters of ``in_width`` inputs."""
