@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,8 @@ import timm
 import torch
 
 import hf_prune
-from hf_prune.algorithm.latency import DeployTarget, LatencyError, auto_channel_multiple
+from hf_prune.algorithm.latency import DeployTarget, LatencyError, LatencyModel, _calibrate, auto_channel_multiple
+from hf_prune.algorithm.planning import kept_count
 from hf_prune.app.report import RunReport, _markdown
 from conftest import randomize_norms
 
@@ -21,17 +23,47 @@ def _resnet18():
     return randomize_norms(timm.create_model("resnet18", num_classes=10))
 
 
-def _latency_ctrl(path, target=0.9, **params):
+def _latency_ctrl(path, target=0.9, **params):  # measuring the table takes a few seconds
     cfg = {"params": {"pruning_latency_target": target, "latency_table_path": str(path), **params}}
     return hf_prune.create_pruning_controller(_resnet18(), cfg, example_inputs=X)
 
 
-def test_latency_target_is_met_by_the_latency_model(tmp_path):
+def _flops_like_table(path):
+    """Replace the measured table in ``path`` by one whose layer times follow their widths exactly
+    (what a quiet machine measures, roughly), so that the search is checked independently of load."""
+    data = json.loads(path.read_text())
+    table = data["table"]
+    for layer in table["layers"].values():
+        layer["ms"] = [[o * i * 1e-3 for i in layer["in_widths"]] for o in layer["out_widths"]]
+    layers_ms = sum(layer["ms"][-1][-1] for layer in table["layers"].values())
+    table["dense_ms"], table["per_channel_ms"] = layers_ms * 1.5, layers_ms * 0.25
+    path.write_text(json.dumps(data))
+
+
+def test_measured_table_covers_the_narrowed_layers(tmp_path):
     ctrl = _latency_ctrl(tmp_path / "table.json")
-    assert ctrl.target_level == pytest.approx(0.1)
+    layers = {layer.module: layer for layer in ctrl.latency.layers}
+    assert "layer1.0.conv1" in layers and "layer1.0.conv2" in layers  # narrowed on its output / its input
+    assert "fc" not in layers and "conv1" not in layers  # nothing of theirs is pruned
+    for layer in layers.values():
+        t = layer.table
+        assert t.out_widths[-1] == layer.out_size and t.in_widths[-1] == layer.in_size
+        assert all(v > 0 for row in t.ms for v in row) and t.activations > 0
+        assert all(row[i] <= row[i + 1] for row in t.ms for i in range(len(row) - 1))  # monotone in widths
+    conv1, conv2 = layers["layer1.0.conv1"].table, layers["layer1.0.conv2"].table
+    assert len(conv1.out_widths) > 1 and len(conv2.out_widths) == 1 and len(conv2.in_widths) > 1
+    assert ctrl.latency.table.per_channel_ms >= 0 and ctrl.latency.dense > 0
+
+
+def test_latency_target_is_met_by_the_latency_model(tmp_path):
+    path = tmp_path / "table.json"
+    _latency_ctrl(path)
+    _flops_like_table(path)
+    ctrl = _latency_ctrl(path, target=0.7)
+    assert ctrl.target_level == pytest.approx(0.3)
     ctrl.set_pruning_level(ctrl.target_level)
     ratio = ctrl.predicted_latency_ms / ctrl.latency.dense
-    assert 0.88 <= ratio <= 0.9 + 1e-9  # the target, not overshot by more than 0.02
+    assert 0.68 <= ratio <= 0.7 + 1e-9  # the target, not overshot by more than 0.02
     assert ctrl.compression_rate == pytest.approx(1 - ratio) and ctrl.compression_stage() == 2
     assert ctrl.current_flops < ctrl.analysis.dense_flops
     stats = ctrl.statistics()
@@ -43,6 +75,21 @@ def test_latency_target_is_met_by_the_latency_model(tmp_path):
     assert stats.latency_measured_ms == ctrl.measured_latency_ms
     text = _markdown(RunReport("r.yaml", "resnet18", statistics=stats), {})
     assert "## Latency on the deployment target" in text and "measured (stripped)" in text
+
+
+def test_calibration_reproduces_the_stripped_measurement(tmp_path):
+    path = tmp_path / "table.json"
+    _latency_ctrl(path)
+    _flops_like_table(path)
+    ctrl = _latency_ctrl(path)
+    half = {g.space: torch.arange(g.size) < kept_count(g, 0.5) for g in ctrl.groups.values()}
+    kept = {space: float(m.float().mean()) for space, m in half.items()}
+    table = dataclasses.replace(ctrl.latency.table, per_channel_ms=0.0)
+    without = LatencyModel(ctrl.analysis, table, ctrl.latency.target, {})
+    measured = without.cost(kept) - 0.1 * without.remainder  # faster than the layers alone explain
+    table.per_channel_ms = _calibrate(ctrl.analysis, table, ctrl.latency.target, half, measured)
+    assert table.per_channel_ms > 0
+    assert LatencyModel(ctrl.analysis, table, ctrl.latency.target, {}).cost(kept) == pytest.approx(measured)
 
 
 def test_latency_table_is_cached_and_measured_again_when_its_key_changes(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_prune.algorithm.latency import LayerTable
+from hf_prune.algorithm.latency import LayerTable, _monotone
 from hf_prune.algorithm.planning import fit_units, kept_count
 from hf_prune.graph.groups import PruningGroup
 
@@ -33,3 +33,8 @@ def test_layer_table_interpolates_between_measured_widths():
     assert t.lookup(48, 24) == pytest.approx(2.5)
     assert t.lookup(100, 8) == 3.0  # clamped to the measured range
     assert LayerTable([8], [4], [[0.5]]).lookup(3, 2) == 0.5
+
+
+def test_monotone_tables_never_make_a_narrower_layer_slower():
+    disturbed = [[1.0, 50.0, 3.0], [2.0, 3.0, 4.0]]  # a busy machine delayed one measurement
+    assert _monotone(disturbed) == [[1.0, 3.0, 3.0], [2.0, 3.0, 4.0]]

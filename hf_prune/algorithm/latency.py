@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -104,14 +103,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = WARMUP, iterations: int = ITERATIONS) -> float:
-    """Median milliseconds of one call of ``fn`` on ``device`` (CUDA events on GPUs)."""
+def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = WARMUP, iterations: int = ITERATIONS,
+            budget_s: float = 1.0) -> float:
+    """Milliseconds of one call of ``fn`` on ``device``: the fastest of ``iterations`` calls (fewer, at
+    least 3, once ``budget_s`` is spent), timed with CUDA events on GPUs. The fastest run is the least
+    disturbed by other processes; a lookup table needs that, not the typical delay of a busy machine."""
+    samples: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
         _synchronize(device)
-        samples = []
-        for _ in range(iterations):
+        deadline = time.perf_counter() + budget_s
+        while len(samples) < iterations and (len(samples) < 3 or time.perf_counter() < deadline):
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -123,7 +126,7 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = WARMUP, i
                 t0 = time.perf_counter()
                 fn()
                 samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def batched(inputs: Any, target: DeployTarget) -> Any:
@@ -384,7 +387,7 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
         outs = _widths(module.weight.shape[0], max(out_units, default=1), bool(out_units))
         ins = _widths(module.weight.shape[1], max(in_units, default=1), bool(in_units))
         ms = [[_time_layer(module, shape, o, i, target) for i in ins] for o in outs]
-        layers[name] = LayerTable(outs, ins, ms, activations)
+        layers[name] = LayerTable(outs, ins, _monotone(ms), activations)
     table = LatencyTable(dense_ms, layers, sum(a for _, a in shapes.values()))
     if groups and layers:
         half = {g.space: torch.arange(g.size) < kept_count(g, 0.5) for g in groups}
@@ -411,6 +414,16 @@ def _calibrate(analysis: ModelAnalysis, table: LatencyTable, target: DeployTarge
         return 0.0
     per_channel = (table.dense_ms - measured_ms - layers_saving) / output_saving
     return min(max(per_channel, 0.0), max(without.remainder, 0.0))
+def _monotone(ms: list[list[float]]) -> list[list[float]]:
+    """Each entry at most the entries of larger widths: a narrower layer is not taken to be slower (a
+    measurement that says so was disturbed, e.g. by another process on a busy CPU)."""
+    for o in reversed(range(len(ms))):
+        for i in reversed(range(len(ms[o]))):
+            wider = ([ms[o + 1][i]] if o + 1 < len(ms) else []) + ([ms[o][i + 1]] if i + 1 < len(ms[o]) else [])
+            ms[o][i] = min([ms[o][i], *wider])
+    return ms
+
+
 def _time_layer(module: nn.Module, in_shape: tuple[int, ...], out_width: int, in_width: int,
                 target: DeployTarget) -> float:
     """Milliseconds of a fresh layer like ``module`` with ``out_width`` filters of ``in_width`` inputs."""
