@@ -77,10 +77,11 @@ class LegrParams(_Section):
 
 
 class PruningParams(_Section):
-    """NNCF ``filter_pruning`` ``params``, plus two hf_prune extensions.
+    """NNCF ``filter_pruning`` ``params``, plus hf_prune extensions.
 
-    The hf_prune extensions, unknown to NNCF, are ``channel_multiple`` and
-    ``regularization_weight``.
+    The hf_prune extensions, unknown to NNCF, are ``channel_multiple``, ``regularization_weight``
+    and the hardware-aware keys (``pruning_latency_target``, ``deploy_device``, ``deploy_dtype``,
+    ``latency_batch_size``, ``latency_table_path``).
     """
 
     schedule: Literal["exponential", "exponential_with_bias", "baseline"] = Field(
