@@ -107,8 +107,13 @@ def test_latency_table_is_cached_and_measured_again_when_its_key_changes(tmp_pat
 
 
 def test_unreachable_latency_target_names_the_key(tmp_path):
-    ctrl = _latency_ctrl(tmp_path / "t.json", target=0.01)
-    with pytest.raises(hf_prune.errors.PruningLevelError, match="pruning_latency_target"):
+    path = tmp_path / "table.json"
+    _latency_ctrl(path)
+    _flops_like_table(path)  # a third of the dense time is outside the layers
+    ctrl = _latency_ctrl(path, target=0.01)
+    assert ctrl.maximal_compression_rate < 2 / 3
+    with pytest.raises(hf_prune.errors.PruningLevelError,
+                       match="pruning_latency_target: removing 0.990 of the model's latency is unreachable"):
         ctrl.set_pruning_level(ctrl.target_level)
 
 

@@ -366,7 +366,7 @@ class FilterPruningController:
         cost = self._cost_model()
         if cost is None:
             return at(level)
-        key = "pruning_flops_target" if self.prune_flops else "pruning_latency_target (as a reduction)"
+        key = "pruning_flops_target" if self.prune_flops else "pruning_latency_target"
         return plan_for_cost(self._groups, level, cost, at, key)
 
     def _producer_coords(self) -> dict[int, list[tuple[str, int, torch.Tensor]]]:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 """Widths (fractions of a layer's channels) at which each layer is timed."""
-WARMUP, ITERATIONS = 3, 20
+WARMUP, ITERATIONS, BUDGET_S = 3, 20, 0.25
 TABLE_FORMAT = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / "latency"
 
@@ -104,29 +104,39 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = WARMUP, iterations: int = ITERATIONS,
-            budget_s: float = 1.0) -> float:
-    """Milliseconds of one call of ``fn`` on ``device``: the fastest of ``iterations`` calls (fewer, at
-    least 3, once ``budget_s`` is spent), timed with CUDA events on GPUs. The fastest run is the least
-    disturbed by other processes; a lookup table needs that, not the typical delay of a busy machine."""
-    samples: list[float] = []
+            budget_s: float = BUDGET_S) -> float:
+    """Milliseconds of one call of ``fn`` on ``device`` (see :func:`fastest_ms`)."""
+    return fastest_ms([fn], device, warmup, iterations, budget_s)[0]
+
+
+def fastest_ms(fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int = WARMUP,
+               iterations: int = ITERATIONS, budget_s: float = BUDGET_S) -> list[float]:
+    """Milliseconds of one call of each of ``fns``, called in turn: the fastest of ``iterations`` rounds
+    (fewer, at least 3, once ``budget_s`` is spent), timed with CUDA events on GPUs. The fastest run is
+    the least disturbed by other processes, and taking turns exposes every function to the same load."""
+    samples: list[list[float]] = [[] for _ in fns]
     with torch.inference_mode():
         for _ in range(warmup):
-            fn()
+            for fn in fns:
+                fn()
         _synchronize(device)
         deadline = time.perf_counter() + budget_s
-        while len(samples) < iterations and (len(samples) < 3 or time.perf_counter() < deadline):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                samples.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - t0) * 1e3)
-    return min(samples)
+        rounds = 0
+        while rounds < iterations and (rounds < 3 or time.perf_counter() < deadline):
+            for fn, out in zip(fns, samples):
+                if device.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fn()
+                    end.record()
+                    end.synchronize()
+                    out.append(start.elapsed_time(end))
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    out.append((time.perf_counter() - t0) * 1e3)
+            rounds += 1
+    return [min(out) for out in samples]
 
 
 def batched(inputs: Any, target: DeployTarget) -> Any:
@@ -373,7 +383,6 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
     finally:
         for h in hooks:
             h.remove()
-    dense_ms = time_ms(lambda: call_model(deployed, inputs), target.device)
     layers: dict[str, LayerTable] = {}
     for name, (shape, activations) in shapes.items():
         labels = trace.param_labels.get(f"{name}.weight")
@@ -388,15 +397,17 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
         ins = _widths(module.weight.shape[1], max(in_units, default=1), bool(in_units))
         ms = [[_time_layer(module, shape, o, i, target) for i in ins] for o in outs]
         layers[name] = LayerTable(outs, ins, _monotone(ms), activations)
-    table = LatencyTable(dense_ms, layers, sum(a for _, a in shapes.values()))
-    if groups and layers:
-        half = {g.space: torch.arange(g.size) < kept_count(g, 0.5) for g in groups}
-        strip(deployed, trace, half)
-        if target.channels_last:  # sliced weights come back contiguous
-            deployed = deployed.to(memory_format=torch.channels_last)
-        measured = time_ms(lambda: call_model(deployed, inputs), target.device)
-        table.per_channel_ms = _calibrate(analysis, table, target, half, measured)
-    del deployed
+    activations = sum(a for _, a in shapes.values())
+    if not (groups and layers):
+        return LatencyTable(time_ms(lambda: call_model(deployed, inputs), target.device), layers, activations)
+    half = {g.space: torch.arange(g.size) < kept_count(g, 0.5) for g in groups}
+    stripped = strip(copy.deepcopy(deployed), trace, half)
+    if target.channels_last:  # sliced weights come back contiguous
+        stripped = stripped.to(memory_format=torch.channels_last)
+    dense_ms, half_ms = fastest_ms([lambda: call_model(deployed, inputs), lambda: call_model(stripped, inputs)],
+                                   target.device, iterations=2 * ITERATIONS, budget_s=8 * BUDGET_S)
+    table = LatencyTable(dense_ms, layers, activations)
+    table.per_channel_ms = _calibrate(analysis, table, target, half, half_ms)
     return table
 
 

@@ -126,8 +126,8 @@ def plan_for_cost(groups: Mapping[int, PruningGroup], target: float, cost: CostM
     best = plan_at(hi)
     if reduction(best) < target:
         raise PruningLevelError(
-            f"{key} {target:.3f} is unreachable: the most this model can be pruned removes "
-            f"{reduction(best):.3f} of its {cost.name} (see maximal_compression_rate)")
+            f"{key}: removing {target:.3f} of the model's {cost.name} is unreachable: the most this model can "
+            f"be pruned removes {reduction(best):.3f} (see maximal_compression_rate)")
     lo = 0.0
     for _ in range(30):
         mid = (lo + hi) / 2
