@@ -125,10 +125,14 @@ def test_auto_multiple_follows_the_deployment_target():
     assert cpu == (16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
-def test_deploy_device_that_is_absent_is_an_error():
-    with pytest.raises(LatencyError, match="deploy_device: cuda"):
-        hf_prune.create_pruning_controller(_resnet18(), {"params": {"channel_multiple": "auto", "deploy_device": "cuda"}},
+@pytest.mark.parametrize("device, message", [
+    pytest.param("cuda", "deploy_device: cuda is not available", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="checks the error raised without CUDA")),
+    ("gpu", "deploy_device: 'gpu' is not a device"),
+])
+def test_bad_deploy_device_is_an_error_naming_the_key(device, message):
+    with pytest.raises(LatencyError, match=message):
+        hf_prune.create_pruning_controller(_resnet18(), {"params": {"channel_multiple": "auto", "deploy_device": device}},
                                            example_inputs=X)
 
 

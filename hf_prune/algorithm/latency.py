@@ -62,8 +62,12 @@ class DeployTarget:
     @classmethod
     def from_config(cls, params: Any, model: nn.Module) -> "DeployTarget":
         first = next(model.parameters(), None)
-        device = torch.device(params.deploy_device) if params.deploy_device else (
-            first.device if first is not None else torch.device("cpu"))
+        try:
+            device = torch.device(params.deploy_device) if params.deploy_device else (
+                first.device if first is not None else torch.device("cpu"))
+        except RuntimeError:
+            raise LatencyError(f"params.deploy_device: {params.deploy_device!r} is not a device; expected e.g. "
+                               "'cpu', 'cuda' or 'cuda:1'") from None
         if device.type == "meta":
             raise LatencyError("params.deploy_device: the model is on 'meta'; name the device it will run on")
         if device.type == "cuda" and not torch.cuda.is_available():
