@@ -36,7 +36,7 @@ def _flops_like_table(path):
     for layer in table["layers"].values():
         layer["ms"] = [[o * i * 1e-3 for i in layer["in_widths"]] for o in layer["out_widths"]]
     layers_ms = sum(layer["ms"][-1][-1] for layer in table["layers"].values())
-    table["dense_ms"], table["per_channel_ms"] = layers_ms * 1.5, layers_ms * 0.25
+    table["dense_ms"], table["per_channel_ms"], table["savings_scale"] = layers_ms * 1.5, layers_ms * 0.25, 1.0
     path.write_text(json.dumps(data))
 
 
@@ -77,18 +77,20 @@ def test_latency_target_is_met_by_the_latency_model(tmp_path):
     assert "## Latency on the deployment target" in text and "measured (stripped)" in text
 
 
-def test_calibration_reproduces_the_stripped_measurement(tmp_path):
+@pytest.mark.parametrize("faster", [0.1, 0.9])  # within what the per-channel time explains, and beyond
+def test_calibration_reproduces_the_stripped_measurement(tmp_path, faster):
     path = tmp_path / "table.json"
     _latency_ctrl(path)
     _flops_like_table(path)
     ctrl = _latency_ctrl(path)
     half = {g.space: torch.arange(g.size) < kept_count(g, 0.5) for g in ctrl.groups.values()}
     kept = {space: float(m.float().mean()) for space, m in half.items()}
-    table = dataclasses.replace(ctrl.latency.table, per_channel_ms=0.0)
+    table = dataclasses.replace(ctrl.latency.table, per_channel_ms=0.0, savings_scale=1.0)
     without = LatencyModel(ctrl.analysis, table, ctrl.latency.target, {})
-    measured = without.cost(kept) - 0.1 * without.remainder  # faster than the layers alone explain
-    table.per_channel_ms = _calibrate(ctrl.analysis, table, ctrl.latency.target, half, measured)
-    assert table.per_channel_ms > 0
+    measured = without.cost(kept) - faster * without.remainder  # faster than the layers alone explain
+    table.per_channel_ms, table.savings_scale = _calibrate(ctrl.analysis, table, ctrl.latency.target, half, measured)
+    assert 0 < table.per_channel_ms <= without.remainder
+    assert (table.savings_scale == 1.0) == (faster == 0.1)
     assert LatencyModel(ctrl.analysis, table, ctrl.latency.target, {}).cost(kept) == pytest.approx(measured)
 
 

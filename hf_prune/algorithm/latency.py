@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 """Widths (fractions of a layer's channels) at which each layer is timed."""
 WARMUP, ITERATIONS, BUDGET_S = 3, 20, 0.25
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / "latency"
 
 
@@ -217,6 +218,7 @@ class LatencyTable:
     layers: dict[str, LayerTable]
     activations: int  # dense output elements of all conv/linear layers
     per_channel_ms: float = 0.0
+    savings_scale: float = 1.0  # where the per-channel time alone cannot match the calibration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,7 +226,7 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencyTable":
         return cls(d["dense_ms"], {m: LayerTable(**t) for m, t in d["layers"].items()}, d["activations"],
-                   d["per_channel_ms"])
+                   d["per_channel_ms"], d["savings_scale"])
 
 
 @dataclass
@@ -241,7 +243,8 @@ class LatencyModel:
     """Predicted latency (ms) of the model under kept fractions of its leaf spaces (a ``CostModel``).
 
     Each narrowed layer costs its table's milliseconds at its kept widths plus its share of the
-    per-channel time (proportional to its kept output); the rest of the dense time is constant.
+    per-channel time (proportional to its kept output), times the savings scale; the rest of the
+    dense time is constant.
     """
 
     name = "latency"
@@ -269,7 +272,7 @@ class LatencyModel:
         layer = self.layers[i]
         fo, fi = self._fractions(i, kept)
         per_channel = self.table.per_channel_ms * layer.table.activations * fo / max(self.table.activations, 1)
-        return layer.table.lookup(layer.out_size * fo, layer.in_size * fi) + per_channel
+        return self.table.savings_scale * (layer.table.lookup(layer.out_size * fo, layer.in_size * fi) + per_channel)
 
     def cost(self, kept: Mapping[int, float]) -> float:
         return self.remainder + sum(self._layer_ms(i, kept) for i in range(len(self.layers)))
@@ -411,24 +414,32 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
     dense_ms, half_ms = fastest_ms([lambda: call_model(deployed, inputs), lambda: call_model(stripped, inputs)],
                                    target.device, iterations=2 * ITERATIONS, budget_s=8 * BUDGET_S)
     table = LatencyTable(dense_ms, layers, activations)
-    table.per_channel_ms = _calibrate(analysis, table, target, half, half_ms)
+    table.per_channel_ms, table.savings_scale = _calibrate(analysis, table, target, half, half_ms)
     return table
 
 
 def _calibrate(analysis: ModelAnalysis, table: LatencyTable, target: DeployTarget,
-               masks: Mapping[int, torch.Tensor], measured_ms: float) -> float:
-    """The per-channel time that makes the model predict ``measured_ms`` for ``masks`` (clamped to
-    [0, time outside the layers])."""
+               masks: Mapping[int, torch.Tensor], measured_ms: float) -> tuple[float, float]:
+    """The per-channel time and savings scale that make the model predict ``measured_ms`` for ``masks``.
+
+    The per-channel time explains what the layers' own savings do not, within [0, the time outside
+    the layers]; beyond that range the savings scale (in [1/4, 4]) absorbs the rest.
+    """
     kept = {space: float(m.float().mean()) for space, m in masks.items()}
-    without = LatencyModel(analysis, table, target, {})
+    base = dataclasses.replace(table, per_channel_ms=0.0, savings_scale=1.0)
+    without = LatencyModel(analysis, base, target, {})
     layers_saving = without.cost({}) - without.cost(kept)
     outputs = [without._fractions(i, kept)[0] for i in range(len(without.layers))]
     output_saving = sum(layer.table.activations * (1 - fo) for layer, fo in zip(without.layers, outputs))
     output_saving /= max(table.activations, 1)
-    if output_saving <= 0:
-        return 0.0
-    per_channel = (table.dense_ms - measured_ms - layers_saving) / output_saving
-    return min(max(per_channel, 0.0), max(without.remainder, 0.0))
+    wanted = table.dense_ms - measured_ms
+    per_channel = (wanted - layers_saving) / output_saving if output_saving > 0 else 0.0
+    per_channel = min(max(per_channel, 0.0), max(without.remainder, 0.0))
+    saving = layers_saving + per_channel * output_saving
+    scale = min(max(wanted / saving, 0.25), 4.0) if saving > 0 else 1.0
+    return per_channel, scale
+
+
 def _monotone(ms: list[list[float]]) -> list[list[float]]:
     """Each entry at most the entries of larger widths: a narrower layer is not taken to be slower (a
     measurement that says so was disturbed, e.g. by another process on a busy CPU)."""
