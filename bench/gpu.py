@@ -22,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+import traceback
 from typing import Any, Callable
 
 from common import Column, Timer, alternate, medians, randomize_norms, write_results
@@ -49,7 +50,7 @@ COLUMNS: list[Column] = [
     ("model", "model", ""), ("run", "run", ""), ("batch", "batch", "d"), ("groups", "#groups", "d"),
     ("flops_reduction", "FLOPs removed", ".1%"), ("dense_ms", "dense (ms)", ".2f"), ("pruned_ms", "pruned (ms)", ".2f"),
     ("ratio", "pruned/dense", ".3f"), ("speedup", "speedup", ".2f"), ("predicted", "predicted/dense", ".3f"),
-    ("goal", "goal", ""), ("met", "met", ""), ("seconds", "setup (s)", ".0f"),
+    ("goal", "goal", ""), ("met", "met", ""), ("seconds", "setup (s)", ".0f"), ("error", "error", ""),
 ]
 
 
@@ -157,35 +158,52 @@ def infer_rows(name: str, args: argparse.Namespace, table_dir: str) -> list[dict
     for run, params in VARIANTS.items():
         if not is_cnn and params.get("prune_first_conv") and "pruning_flops_target" in params:
             continue  # ViT: no first/downsample convs, same as "auto"
-        start = time.perf_counter()
-        model = copy.deepcopy(base)
-        deploy = {"deploy_device": str(args.device), "deploy_dtype": str(args.dtype).removeprefix("torch."),
-                  "latency_batch_size": args.infer_batch, "latency_table_path": os.path.join(table_dir, f"{name}.json")}
-        ctrl = create_pruning_controller(model, {"params": {**params, **deploy}},
-                                         example_inputs=torch.randn(1, 3, args.image_size, args.image_size))
-        ctrl.set_pruning_level(ctrl.target_level)
-        flops_reduction = 1 - ctrl.current_flops / ctrl.analysis.dense_flops
-        predicted = None if ctrl.latency is None else ctrl.predicted_latency_ms / ctrl.latency.dense
-        pruned = on_device(ctrl.strip_model(model, do_copy=True), args, args.dtype).eval()
-        setup = time.perf_counter() - start
-        with torch.inference_mode():
-            samples = alternate([device_timer("dense_ms", lambda: dense(x), args.device),
-                                 device_timer("pruned_ms", lambda: pruned(x), args.device)], args.iterations, warmup=3)
-        samples = {k: [v * 1e3 for v in vs] for k, vs in samples.items()}
-        times = medians(samples)
-        ratio = median_ratio(samples, "pruned_ms", "dense_ms")
-        if ctrl.latency is not None:
-            goal, met = f"≤ {LATENCY_GOAL}", ratio <= LATENCY_GOAL
-        elif run == "auto" and name in SPEEDUP_GOALS and args.device.type == "cuda":
-            goal, met = f"≥ {SPEEDUP_GOALS[name]}×", 1 / ratio >= SPEEDUP_GOALS[name]
-        else:
-            goal = met = None
-        rows.append({"model": name, "run": run, "batch": args.infer_batch, "groups": len(ctrl.groups),
-                     "flops_reduction": flops_reduction, **times, "ratio": ratio, "speedup": 1 / ratio,
-                     "predicted": predicted, "goal": goal, "met": met, "seconds": setup, "samples": samples,
-                     "params": params})
-        del pruned, model, ctrl
+        rows.append(guarded(name, run, lambda: infer_row(name, run, params, base, dense, x, args, table_dir)))
     return rows
+
+
+def guarded(name: str, run: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``fn()``, or a row naming the error: one failure must not cost a whole (one-shot) GPU run."""
+    start = time.perf_counter()
+    try:
+        row = fn()
+    except Exception as exc:  # noqa: BLE001 - reported in the results instead
+        traceback.print_exc()
+        row = {"model": name, "run": run, "error": f"{type(exc).__name__}: {exc}"}
+    print(f"{name} / {run}: {time.perf_counter() - start:.0f} s", flush=True)
+    return row
+
+
+def infer_row(name: str, run: str, params: dict[str, Any], base: nn.Module, dense: nn.Module, x: torch.Tensor,
+              args: argparse.Namespace, table_dir: str) -> dict[str, Any]:
+    """One variant: prune a copy of ``base``, strip it, time it against ``dense``."""
+    start = time.perf_counter()
+    model = copy.deepcopy(base)
+    deploy = {"deploy_device": str(args.device), "deploy_dtype": str(args.dtype).removeprefix("torch."),
+              "latency_batch_size": args.infer_batch, "latency_table_path": os.path.join(table_dir, f"{name}.json")}
+    ctrl = create_pruning_controller(model, {"params": {**params, **deploy}},
+                                     example_inputs=torch.randn(1, 3, args.image_size, args.image_size))
+    ctrl.set_pruning_level(ctrl.target_level)
+    flops_reduction = 1 - ctrl.current_flops / ctrl.analysis.dense_flops
+    predicted = None if ctrl.latency is None else ctrl.predicted_latency_ms / ctrl.latency.dense
+    pruned = on_device(ctrl.strip_model(model, do_copy=True), args, args.dtype).eval()
+    setup = time.perf_counter() - start
+    with torch.inference_mode():
+        samples = alternate([device_timer("dense_ms", lambda: dense(x), args.device),
+                             device_timer("pruned_ms", lambda: pruned(x), args.device)], args.iterations, warmup=3)
+    samples = {k: [v * 1e3 for v in vs] for k, vs in samples.items()}
+    times = medians(samples)
+    ratio = median_ratio(samples, "pruned_ms", "dense_ms")
+    if ctrl.latency is not None:
+        goal, met = f"≤ {LATENCY_GOAL}", ratio <= LATENCY_GOAL
+    elif run == "auto" and name in SPEEDUP_GOALS and args.device.type == "cuda":
+        goal, met = f"≥ {SPEEDUP_GOALS[name]}×", 1 / ratio >= SPEEDUP_GOALS[name]
+    else:
+        goal = met = None
+    return {"model": name, "run": run, "batch": args.infer_batch, "groups": len(ctrl.groups),
+            "flops_reduction": flops_reduction, **times, "ratio": ratio, "speedup": 1 / ratio,
+            "predicted": predicted, "goal": goal, "met": met, "seconds": setup, "samples": samples,
+            "params": params}
 
 
 def main() -> None:
@@ -195,9 +213,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as table_dir:
         for name in args.models:
-            rows.append(train_row(name, args))
+            rows.append(guarded(name, "train step, masked", lambda: train_row(name, args)))
             rows += infer_rows(name, args, table_dir)
-            print(f"{name}: done", flush=True)
     tag = "".join(c for c in device_name.lower().replace("nvidia", "").split()[0] if c.isalnum()) or "device"
     base = f"gpu_{tag}_{dtype}" + ("_quick" if args.quick else "")
     notes = [
