@@ -3,8 +3,9 @@
 from .algorithm.controller import FilterPruningController, PrunedModuleInfo, create_pruning_controller
 from .algorithm.statistics import PruningStatistics
 from .config import LegrParams, PruningConfig, PruningConfigError, PruningParams
-from .errors import AnalysisError, HfPruneError, PruningLevelError, ScopeError
+from .errors import AnalysisError, HfPruneError, NothingPrunableError, PruningLevelError, ScopeError
 from .graph.analysis import ModelAnalysis, analyze_model
+from .graph.canonical import register_op_variant
 from .graph.groups import PruningGroup, PruningPolicy
 from .integrations.accelerate import AcceleratedPruner
 from .integrations.distributed import PruningStateError
@@ -23,5 +24,6 @@ __all__ = [
     "PrunedModuleInfo", "PruningConfig", "PruningConfigError", "PruningGroup", "PruningLevelError",
     "PruningParams", "PruningPolicy", "PruningStatistics", "ScopeError", "analyze_model",
     "create_pruning_controller", "export_onnx", "from_pretrained", "load_pruning_controller", "push_to_hub",
-    "save_pretrained", "save_pruning_state", "OnnxExportError", "PrunedModelError",
+    "save_pretrained", "save_pruning_state", "OnnxExportError", "PrunedModelError", "NothingPrunableError",
+    "register_op_variant",
 ]

@@ -17,11 +17,13 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -53,6 +55,15 @@ class PruningConfigError(ValueError):
         return PruningConfigError([(_join(prefix, path), problem) for path, problem in self.errors], source)
 
 
+def _whole_number(value: Any) -> Any:
+    """A float with no fraction (``15.0``) as an int: NNCF's schema takes whole numbers written as floats."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeInt = Annotated[int, BeforeValidator(_whole_number)]
+"""An int field that also accepts a whole number written as a float, as NNCF's JSON schema does."""
+
+
 class _Section(BaseModel):
     """Base of all config sections: unknown keys and loose types are errors.
 
@@ -66,12 +77,14 @@ class _Section(BaseModel):
 class LegrParams(_Section):
     """Parameters of the LeGR ``learned_ranking`` search (NNCF ``params.legr_params``)."""
 
-    generations: int = Field(400, ge=1, description="Generations of the evolution algorithm.")
-    train_steps: int = Field(200, ge=1, description="Fine-tuning steps (the train function's budget) per candidate.")
-    max_pruning: float = Field(0.8, gt=0, lt=1, description="The most any one group is pruned under learned ranking.")
-    random_seed: int = Field(42, description="Seed of the evolution algorithm.")
-    population_size: int = Field(64, ge=1, description="Candidates kept per generation.")
-    num_samples: int = Field(16, ge=1, description="Candidates sampled per generation.")
+    generations: WholeInt = Field(400, ge=1, description="Generations of the evolution algorithm.")
+    train_steps: WholeInt = Field(200, ge=1, description="Fine-tuning steps (the train function's budget) per candidate.")
+    max_pruning: float | None = Field(
+        None, gt=0, lt=1, description="The most any one group is pruned under learned ranking (unset: the pruning target, as in NNCF)."
+    )
+    random_seed: WholeInt = Field(42, description="Seed of the evolution algorithm.")
+    population_size: WholeInt = Field(64, ge=1, description="Candidates kept per generation.")
+    num_samples: WholeInt = Field(16, ge=1, description="Candidates sampled per generation.")
     mutate_percent: float = Field(0.1, gt=0, le=1, description="Fraction of coefficients mutated.")
     scale_sigma: float = Field(1.0, gt=0, description="Standard deviation of the scale mutation.")
 
@@ -93,8 +106,8 @@ class PruningParams(_Section):
     pruning_flops_target: float | None = Field(
         None, ge=0, lt=1, description="Target fraction of FLOPs to remove; excludes pruning_target."
     )
-    num_init_steps: int = Field(0, ge=0, description="Epochs before pruning starts.")
-    pruning_steps: int = Field(100, ge=1, description="Epochs over which the rate reaches the target.")
+    num_init_steps: WholeInt = Field(0, ge=0, description="Epochs before pruning starts.")
+    pruning_steps: WholeInt = Field(100, ge=1, description="Epochs over which the rate reaches the target (1: at once).")
     filter_importance: Literal["L2", "L1", "geometric_median"] = Field(
         "L2", description="Criterion ranking filters within a layer."
     )
@@ -144,28 +157,87 @@ class PruningParams(_Section):
 
     @model_validator(mode="after")
     def _latency_target_alone(self) -> PruningParams:
-        if self.pruning_latency_target is not None and (self.pruning_target is not None or self.pruning_flops_target is not None):
-            other = "pruning_target" if self.pruning_target is not None else "pruning_flops_target"
+        if self.pruning_latency_target is not None and (self.pruning_target or self.pruning_flops_target):
+            other = "pruning_target" if self.pruning_target else "pruning_flops_target"  # 0 is unset, as in NNCF
             raise PydanticCustomError(
                 "conflicting_targets", "set only one of 'pruning_target', 'pruning_flops_target', 'pruning_latency_target'",
                 {"got": f"{other} and pruning_latency_target {self.pruning_latency_target!r}"})
         return self
 
+    @field_validator("pruning_target", mode="before")
+    @classmethod
+    def _not_everything(cls, value: Any) -> Any:
+        if value == 1 and not isinstance(value, bool):
+            raise PydanticCustomError(
+                "full_target",
+                "1.0 would prune every filter (NNCF accepts it and then silently caps every layer at 90%): "
+                "set the level you mean, e.g. 0.9",
+                {"got": repr(value)},
+            )
+        return value
+
+    @field_validator("pruning_steps", mode="before")
+    @classmethod
+    def _some_steps(cls, value: Any) -> Any:
+        if value == 0 and not isinstance(value, bool):
+            raise PydanticCustomError(
+                "no_pruning_steps",
+                "0 never reaches the target (NNCF accepts it and freezes the masks at pruning_init): "
+                "use 1 to reach the target at once, or schedule 'baseline'",
+                {"got": repr(value)},
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nncf_conventions(cls, data: Any) -> Any:
+        """What NNCF does before it reads params: pruning_flops_target 0 means unset; learned_ranking
+        defaults prune_first_conv, prune_downsample_convs and all_weights to true and refuses all_weights false."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if data.get("pruning_flops_target") == 0 and not isinstance(data["pruning_flops_target"], bool):
+            data["pruning_flops_target"] = None
+        if data.get("interlayer_ranking_type") == "learned_ranking":
+            if data.get("all_weights") is False:
+                raise PydanticCustomError(
+                    "legr_all_weights",
+                    "learned_ranking ranks filters across all layers and needs all_weights true (as NNCF does)",
+                    {"key": "all_weights", "got": "False"},
+                )
+            for key in ("prune_first_conv", "prune_downsample_convs", "all_weights"):
+                data.setdefault(key, True)
+        return data
+
     @model_validator(mode="after")
     def _single_target(self) -> PruningParams:
-        if self.pruning_target is not None and self.pruning_flops_target is not None:
+        if self.pruning_target and self.pruning_flops_target:  # NNCF: a zero pruning_target does not conflict
             raise PydanticCustomError(
                 "conflicting_targets",
                 "set either 'pruning_target' or 'pruning_flops_target', not both",
                 {"got": f"{self.pruning_target!r} and {self.pruning_flops_target!r}"},
             )
+        if self.interlayer_ranking_type == "learned_ranking" and self.legr_params.max_pruning is None:
+            self.legr_params.max_pruning = self.target  # NNCF's LeGR default
         return self
+
+    @property
+    def target(self) -> float:
+        """The effective target level: FLOPs target if set, else the latency reduction (1 -
+        pruning_latency_target) if set, else filter target, else 0.5."""
+        if self.pruning_flops_target is not None:
+            return self.pruning_flops_target
+        if self.pruning_latency_target is not None:
+            return 1.0 - self.pruning_latency_target
+        if self.pruning_target is not None:
+            return self.pruning_target
+        return DEFAULT_PRUNING_TARGET
 
 
 class BatchnormAdaptationConfig(_Section):
     """NNCF ``initializer.batchnorm_adaptation``."""
 
-    num_bn_adaptation_samples: int = Field(2000, ge=0, description="Samples used to re-estimate BN statistics.")
+    num_bn_adaptation_samples: WholeInt = Field(2000, ge=0, description="Samples used to re-estimate BN statistics.")
 
 
 class InitializerConfig(_Section):
@@ -186,8 +258,9 @@ class PruningConfig(_Section):
     pruning_init: float = Field(0.0, ge=0, lt=1, description="Pruning rate applied at the start.")
     initializer: InitializerConfig = Field(default_factory=InitializerConfig)
     params: PruningParams = Field(default_factory=PruningParams)
-    ignored_scopes: list[str] = Field(default_factory=list, description="Modules never pruned: a module name (covers its children) or '{re}<regex>'.")
+    ignored_scopes: list[str] = Field(default_factory=list, description="Layers never pruned: a module name (covers its children), an NNCF scope ('ResNet/Sequential[layer1]/Conv2d[conv1]') or '{re}<regex>' over NNCF scopes.")
     target_scopes: list[str] = Field(default_factory=list, description="If set, only groups whose producers all match are pruned (same syntax).")
+    validate_scopes: bool = Field(True, description="A scope that matches no layer is an error (else it is ignored), as in NNCF.")
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -237,15 +310,8 @@ class PruningConfig(_Section):
 
     @property
     def target(self) -> float:
-        """The effective target level: FLOPs target if set, else the latency reduction (1 -
-        pruning_latency_target) if set, else filter target, else 0.5."""
-        if self.params.pruning_flops_target is not None:
-            return self.params.pruning_flops_target
-        if self.params.pruning_latency_target is not None:
-            return 1.0 - self.params.pruning_latency_target
-        if self.params.pruning_target is not None:
-            return self.params.pruning_target
-        return DEFAULT_PRUNING_TARGET
+        """The effective target level (see :attr:`PruningParams.target`)."""
+        return self.params.target
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningConfig:

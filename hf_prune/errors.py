@@ -9,6 +9,10 @@ class AnalysisError(HfPruneError, RuntimeError):
     """The model could not be traced or analysed (names the module and op where it failed)."""
 
 
+class NothingPrunableError(AnalysisError):
+    """Pruning was asked for, but the analysis found no prunable group (names the ops and reasons)."""
+
+
 class PruningLevelError(HfPruneError, ValueError):
     """A pruning level or a group-level mapping is invalid."""
 

@@ -15,6 +15,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA (skipped without it; CI is CPU-only)")
+
+
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Re-randomize norm affine parameters, running statistics and layer scales.
 

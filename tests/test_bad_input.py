@@ -45,11 +45,13 @@ def test_no_example_inputs_and_none_inferable():
         hf_prune.create_pruning_controller(nn.Sequential(nn.Linear(4, 4)), None)
 
 
-def test_nothing_prunable_warns_and_works():
+def test_nothing_prunable_is_an_error_unless_allowed():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     x = torch.randn(2, 3, 2, 2)
+    with pytest.raises(hf_prune.NothingPrunableError, match="nothing prunable.*reaches the model output"):
+        hf_prune.create_pruning_controller(model, None, example_inputs=x)
     with pytest.warns(UserWarning, match="nothing prunable.*reaches the model output"):
-        ctrl = hf_prune.create_pruning_controller(model, None, example_inputs=x)
+        ctrl = hf_prune.create_pruning_controller(model, None, example_inputs=x, allow_nothing_prunable=True)
     ctrl.set_pruning_level(0.5)
     assert ctrl.compression_rate == 0 and ctrl.compression_stage() == 0
     assert torch.equal(ctrl.strip_model(model, do_copy=True)(x), model(x))

@@ -175,3 +175,26 @@ def test_batchnorm_adaptation_improves_pruned_accuracy():
     adapted = _accuracy(model, data.test)
     assert all(not torch.equal(b, m.running_var) for b, m in zip(before, norms))
     assert adapted > pruned + 0.05, (pruned, adapted)
+
+
+def test_trainer_keeps_the_best_checkpoint_when_rounding_undercuts_the_target(tmp_path):
+    """Kept channels rounded to multiples of 8 mask 25% of test_resnet's filters at level 0.3: the stage is
+    still 2 (NNCF's rate is the level set), so evaluations count and load_best_model_at_end finds a best one."""
+    from scripts.common import digits, training_args
+
+    data = digits(limit=128)
+    model = timm.create_model("test_resnet", num_classes=10)
+    scores = iter([0.9, 0.5, 0.7])  # the unpruned epoch 0 scores best, epoch 2 best among the pruned
+    cfg = {"params": {"pruning_target": 0.3, "pruning_steps": 2}}
+    args = training_args(tmp_path, num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch",
+                         load_best_model_at_end=True, metric_for_best_model="score")
+    trainer = hf_prune.PruningTrainer(model, args, pruning_config=cfg, train_dataset=data.train,
+                                      eval_dataset=data.test, compute_metrics=lambda _: {"score": next(scores)})
+    trainer.train()
+    ctrl = trainer.controller
+    layers = ctrl.statistics().layers
+    assert sum(layer.kept for layer in layers) / sum(layer.total for layer in layers) > 0.7  # masked < 30%
+    assert ctrl.compression_stage() == 2
+    evals = [h["eval_score"] for h in trainer.state.log_history if "eval_score" in h]
+    assert evals == [0.9, 0.5, 0.7]  # as logged; only stage-2 evaluations may make a checkpoint the best
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-12")

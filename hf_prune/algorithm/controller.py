@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -12,9 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import PruningConfig
-from ..errors import PruningLevelError
+from ..errors import NothingPrunableError, PruningLevelError
 from ..graph.analysis import ModelAnalysis, analyze_model
-from ..graph.groups import PruningGroup, PruningPolicy
+from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
 from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
@@ -52,6 +55,27 @@ class PrunedModuleInfo:
         return self._controller.param_dim_mask(self.param, self.dim)
 
 
+@dataclass
+class PrunedCluster:
+    """One pruning group's producer layers (NNCF's ``Cluster``: ``id`` and ``elements``)."""
+
+    id: int
+    elements: list[PrunedModuleInfo]
+
+
+class PrunedModuleGroups(dict[int, PrunedCluster]):
+    """Group id -> :class:`PrunedCluster`, with NNCF's ``Clusterization`` methods."""
+
+    def get_all_clusters(self) -> list[PrunedCluster]:
+        return list(self.values())
+
+    def get_all_nodes(self) -> list[PrunedModuleInfo]:
+        return [info for cluster in self.values() for info in cluster.elements]
+
+    def get_cluster_by_id(self, cluster_id: int) -> PrunedCluster:
+        return self[cluster_id]
+
+
 class CompressionLoss:
     """NNCF's filter-pruning loss is zero; ``regularization_weight`` > 0 adds a group-lasso term on
     the filters currently masked, pushing the channels about to be removed toward zero."""
@@ -59,24 +83,34 @@ class CompressionLoss:
     def __init__(self, controller: "FilterPruningController", weight: float) -> None:
         self._controller = controller
         self.weight = weight
+        self._cache: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        self._cache_version = -1
 
     def __call__(self) -> torch.Tensor:
         return self.calculate()
 
     def calculate(self) -> torch.Tensor:
         ctrl = self._controller
-        params = dict(ctrl.model.named_parameters())
-        device = next(iter(params.values())).device if params else torch.device("cpu")
         if self.weight == 0 or not ctrl.levels_nonzero:
-            return torch.zeros((), device=device)
-        total = torch.zeros((), device=device)
-        for info in ctrl.pruned_modules:
-            pruned = ~info.mask
-            if not bool(pruned.any()):
-                continue
-            w = params[info.param].movedim(info.dim, 0)
-            total = total + w[pruned.to(w.device)].reshape(int(pruned.sum()), -1).norm(dim=1).sum()
+            return torch.zeros((), device=next(ctrl.model.parameters(), torch.zeros(())).device)
+        total = None
+        for w, dim, pruned in self._pruned_filters():
+            norms = w.movedim(dim, 0).reshape(w.shape[dim], -1).norm(dim=1)
+            term = (norms * pruned).sum()
+            total = term if total is None else total + term
         return self.weight * total
+
+    def _pruned_filters(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        """``(weight, dim, 0/1 pruned-filter mask on the weight's device)`` for every producer, rebuilt only
+        when the masks change: no host-device transfer or synchronisation per training step."""
+        ctrl = self._controller
+        if self._cache_version != ctrl.mask_version:
+            params = dict(ctrl.model.named_parameters())
+            self._cache = [(params[info.param], info.dim,
+                            (~info.mask).to(device=params[info.param].device, dtype=params[info.param].dtype))
+                           for info in ctrl.pruned_modules]
+            self._cache_version = ctrl.mask_version
+        return self._cache
 
     def statistics(self, quickly_collected_only: bool = False) -> dict[str, float]:
         return {"regularization_weight": self.weight}
@@ -112,6 +146,7 @@ class FilterPruningController:
         self._pruning_level = 0.0
         self._frozen = False
         self._masker = WeightMasker()
+        self.mask_version = 0  # incremented whenever the masks change
         self.data_loader: Iterable[Any] | None = None
         self.measured_latency_ms: float | None = None
         self.pruned_modules = [
@@ -123,14 +158,46 @@ class FilterPruningController:
         if config.params.interlayer_ranking_type == "learned_ranking":
             signature = {gid: g.size for gid, g in self._groups.items()}
             path = config.params.load_ranking_coeffs_path
-            self.ranking = RankingCoefficients.load(path, signature) if path else RankingCoefficients.identity(signature)
+            self.ranking = self._load_ranking(path) if path else RankingCoefficients.identity(signature)
         params = config.params
         self._scheduler: PruningScheduler = SCHEDULERS[params.schedule](
             self, self.pruning_init, self.target_level, params.num_init_steps, params.pruning_steps)
+        self._install_masks()
         if self.pruning_init > 0:
             self.set_pruning_level(self.pruning_init)
 
     # ------------------------------------------------------------------ NNCF surface
+    @property
+    def full_flops(self) -> float:
+        """FLOPs of the dense model (NNCF's ``full_flops``)."""
+        return self.analysis.dense_flops
+
+    @property
+    def full_params_num(self) -> float:
+        """Parameters of the dense model (NNCF's ``full_params_num``)."""
+        return self.analysis.dense_params
+
+    @property
+    def current_params_num(self) -> float:
+        """Parameters left by the current masks (NNCF's ``current_params_num``)."""
+        return self.current_params
+
+    @property
+    def pruned_module_groups_info(self) -> PrunedModuleGroups:
+        """The pruned layers by group, with NNCF's clusterization API (``get_all_nodes()``, ...)."""
+        groups = PrunedModuleGroups()
+        for info in self.pruned_modules:
+            groups.setdefault(info.group_id, PrunedCluster(info.group_id, [])).elements.append(info)
+        return groups
+
+    def get_state(self) -> dict[str, Any]:
+        """NNCF's name for :meth:`state_dict`."""
+        return self.state_dict()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """NNCF's name for :meth:`load_state_dict`."""
+        self.load_state_dict(state)
+
     @property
     def loss(self) -> CompressionLoss:
         return self._loss
@@ -147,22 +214,28 @@ class FilterPruningController:
     @property
     def current_groupwise_pruning_level(self) -> dict[int, float]:
         """Group id → fraction of the group's channels currently masked."""
-        return {gid: 1.0 - float(m.float().mean()) for gid, m in self._masks.items()}
+        return {gid: 1.0 - int(m.sum()) / m.numel() for gid, m in self._masks.items()}
 
     @property
     def compression_rate(self) -> float:
-        """FLOPs reduction in FLOPs mode, otherwise the fraction of prunable filters masked."""
+        """NNCF's rate: in FLOPs mode the FLOPs reduction, with a latency target the predicted latency
+        reduction, otherwise the level last set (rounding kept
+        channels up to ``channel_multiple`` masks a little less; ``statistics()`` reports the masked fraction).
+        0 for a model with nothing prunable."""
         if self.prune_flops:
             return 1.0 - self.current_flops / self.analysis.dense_flops
         if self.latency is not None:
             return 1.0 - self.predicted_latency_ms / self.latency.dense
-        total = sum(g.size for g in self._groups.values())
-        pruned = sum(int((~m).sum()) for m in self._masks.values())
-        return pruned / total if total else 0.0
+        return self._pruning_level if self._groups else 0.0
 
     @compression_rate.setter
     def compression_rate(self, value: float) -> None:
-        self.set_pruning_level(value)
+        """Set the level, as NNCF does: also on a frozen controller, which stays frozen at the new masks."""
+        was_frozen, self._frozen = self._frozen, False
+        try:
+            self.set_pruning_level(value)
+        finally:
+            self._frozen = was_frozen
 
     @property
     def maximal_compression_rate(self) -> float:
@@ -177,11 +250,11 @@ class FilterPruningController:
         return minfo.mask
 
     def compression_stage(self) -> int:
-        """0: uncompressed, 1: partially compressed, 2: fully compressed (rate ≥ target)."""
+        """0: uncompressed, 1: partially compressed, 2: fully compressed (rate ≥ target, NNCF's tolerance 1e-5)."""
         rate = self.compression_rate
         if rate == 0:
             return 0
-        return 2 if rate >= self.target_level - 1e-9 else 1
+        return 2 if math.isclose(rate, self.target_level, abs_tol=1e-5) or rate > self.target_level else 1
 
     def disable_scheduler(self) -> None:
         """Keep the current level for the rest of training."""
@@ -189,9 +262,9 @@ class FilterPruningController:
         stub.current_epoch, stub.current_step = self._scheduler.current_epoch, self._scheduler.current_step
         self._scheduler = stub
 
-    def freeze(self) -> None:
-        """Stop recomputing masks (the schedule's end)."""
-        self._frozen = True
+    def freeze(self, freeze: bool = True) -> None:
+        """Stop recomputing masks (the schedule's end); ``freeze(False)`` lets levels change again (NNCF)."""
+        self._frozen = freeze
 
     @property
     def frozen(self) -> bool:
@@ -202,8 +275,16 @@ class FilterPruningController:
 
         Masks are recomputed from the current weights. With ``run_batchnorm_adaptation`` the BatchNorm
         statistics are re-estimated afterwards on the controller's ``data_loader``.
+
+        A frozen controller keeps its masks and its level and warns (NNCF keeps the masks but records
+        the new level, so its ``compression_rate`` then reports a level the masks do not have); use the
+        ``compression_rate`` setter or ``freeze(False)`` to change a frozen controller.
         """
         if self._frozen:
+            if isinstance(pruning_level, Mapping) or pruning_level != self._pruning_level:
+                warnings.warn(f"set_pruning_level({pruning_level!r}) ignored: the controller is frozen at level "
+                              f"{self._pruning_level:.4g} (set compression_rate or call freeze(False) to change it)",
+                              UserWarning, stacklevel=2)
             return
         scores = self._importance()
         if isinstance(pruning_level, Mapping):
@@ -224,6 +305,9 @@ class FilterPruningController:
         expected = {gid: g.size for gid, g in self._groups.items()}
         if coefficients.signature != expected:
             raise RankingCoefficientsError("ranking coefficients were learned for different pruning groups")
+        legr = self.config.params.legr_params
+        if legr.max_pruning is None:  # a config without learned_ranking: LeGR's default cap, the target
+            legr.max_pruning = self.target_level
         self.ranking = coefficients
 
     def learn_ranking(self, train_fn: TrainFn, reward_fn: RewardFn, show_progress: bool = True) -> RankingCoefficients:
@@ -295,6 +379,37 @@ class FilterPruningController:
         self._install_masks()
 
     # ------------------------------------------------------------------ internals
+    def _load_ranking(self, path: str) -> RankingCoefficients:
+        """Read ranking coefficients: hf_prune's file, or NNCF's ``{node name: [a, b]}``.
+
+        NNCF keeps one (a, b) per layer and sums the transformed importance of a group's layers; here
+        a group has one (a, b), the mean over its layers (the same ranking when its layers agree)."""
+        signature = {gid: g.size for gid, g in self._groups.items()}
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, Mapping) or "format_version" in data:
+            return RankingCoefficients.load(path, signature)
+        names = nncf_scopes(self.model)
+        by_name = {n: m for m, ns in names.items() for n in (m, *ns)}
+        per_group: dict[int, list[tuple[float, float]]] = {}
+        modules = {info.module_name: info.group_id for info in self.pruned_modules}
+        for key, value in data.items():
+            module = by_name.get(key)
+            ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+            if module not in modules or not ok:
+                raise RankingCoefficientsError(
+                    f"{path}: entry {key!r}: expected a pruned layer's NNCF node name or module name mapped to [a, b]; "
+                    f"got {value!r}" + ("" if module in modules else " for a layer that is not pruned"))
+            per_group.setdefault(modules[module], []).append((float(value[0]), float(value[1])))
+        missing = sorted(set(modules) - {by_name[k] for k in data})
+        if missing:
+            raise RankingCoefficientsError(f"{path}: no coefficients for pruned layer(s) {missing[:10]}")
+        coefficients = {gid: (sum(a for a, _ in ab) / len(ab), sum(b for _, b in ab) / len(ab))
+                        for gid, ab in sorted(per_group.items())}
+        return RankingCoefficients(coefficients, signature)
+
     @property
     def groups(self) -> dict[int, PruningGroup]:
         return self._groups
@@ -335,7 +450,7 @@ class FilterPruningController:
         return self.analysis.trace.table.label_mask(labels[dim], self.leaf_masks())
 
     def _kept_fractions(self) -> dict[int, float]:
-        return {self._groups[gid].space: float(m.float().mean()) for gid, m in self._masks.items()}
+        return {self._groups[gid].space: int(m.sum()) / m.numel() for gid, m in self._masks.items()}  # exact, as planned
 
     def _validate_level(self, level: Any, key: str) -> float:
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= float(level) < 1.0:
@@ -394,22 +509,20 @@ class FilterPruningController:
         self._install_masks()
 
     def _install_masks(self) -> None:
+        """Consumer weight masks of every prunable group, all-ones where nothing is pruned: the same hooks
+        stay installed from creation to strip and are updated in place (see :class:`.masks._MaskHook`)."""
+        self.mask_version += 1
         leaf = self.leaf_masks()
-        if not leaf:
-            self._masker.remove()
-            return
         T, trace = self.analysis.trace.table, self.analysis.trace
         consumer_dims: dict[str, set[int]] = {}
-        for gid in self._masks:
-            if bool(self._masks[gid].all()):
-                continue
-            for m in self._groups[gid].members:
+        for group in self._groups.values():
+            for m in group.members:
                 if m.role == "in":
                     consumer_dims.setdefault(m.param, set()).add(m.dim)
         masks: dict[str, torch.Tensor] = {}
         for param, dims in consumer_dims.items():
             shape = trace.param_shapes[param]
-            mask = torch.ones(shape)
+            mask = torch.ones([1] * len(shape))  # broadcast over the unmasked dims: no weight-sized copy
             for d in dims:
                 view = [1] * len(shape)
                 view[d] = -1
@@ -419,8 +532,8 @@ class FilterPruningController:
 
 
 def has_pruning_masks(model: nn.Module) -> bool:
-    """Whether a controller's masks act in ``model``'s forward pass (pruned, not stripped yet)."""
-    return any(isinstance(getattr(hook, "__self__", None), _MaskHook)
+    """Whether a controller's masks remove channels in ``model``'s forward pass (pruned, not stripped yet)."""
+    return any(isinstance(getattr(hook, "__self__", None), _MaskHook) and hook.__self__.prunes
                for module in model.modules() for hook in module._forward_pre_hooks.values())
 
 
@@ -434,13 +547,19 @@ def pruning_policy(model: nn.Module, config: PruningConfig) -> PruningPolicy:
 
 
 def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[str, Any] | None = None,
-                              example_inputs: Any = None, data_loader: Iterable[Any] | None = None) -> FilterPruningController:
+                              example_inputs: Any = None, data_loader: Iterable[Any] | None = None,
+                              allow_nothing_prunable: bool = False) -> FilterPruningController:
     """Analyse ``model`` once and attach a :class:`FilterPruningController` to it.
 
     ``config``: a :class:`PruningConfig`, an NNCF-style dict, or None for NNCF's defaults.
-    ``example_inputs``: a tensor, tuple or dict the model accepts; inferred from a timm
-    ``pretrained_cfg`` or a transformers config when omitted. ``data_loader``: batches used by
-    BatchNorm adaptation.
+    ``example_inputs``: a tensor, tuple or dict the model accepts (on any device, in any dtype); inferred
+    from a timm ``pretrained_cfg`` or a transformers config when omitted. ``data_loader``: batches used by
+    BatchNorm adaptation. The model may sit on any single device (CPU, CUDA, ...) in any dtype: the
+    analysis is made on a float32 CPU copy, masks and importance live on the model's device.
+
+    A config that asks for pruning on a model where no group is prunable raises
+    :class:`NothingPrunableError` naming the blocking ops; ``allow_nothing_prunable=True`` turns that
+    into a warning and a controller that leaves the model unchanged.
     """
     if config is None:
         config = PruningConfig()
@@ -448,14 +567,34 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         config = PruningConfig.from_dict(config)
     elif not isinstance(config, PruningConfig):
         raise TypeError(f"config must be a PruningConfig or a dict, got {type(config).__name__}")
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: masks go on the module it compiles
     remove_mask_hooks(model)  # a model has one controller: a new one replaces the previous one's masks
     analysis = analyze_model(model, example_inputs, pruning_policy(model, config))
     if config.params.channel_multiple == "auto":
         fit_units(analysis.prunable_groups)
-    if not analysis.prunable_groups:
-        reasons = "; ".join(f"{layer}: {why[0]}" for layer, why in list(analysis.unprunable_layers.items())[:5])
-        warnings.warn(f"{type(model).__name__} has nothing prunable; the controller will leave it unchanged "
-                      f"({reasons or 'no conv/linear layer found'})", UserWarning, stacklevel=2)
+    if not analysis.prunable_groups and (config.target > 0 or config.pruning_init > 0):
+        message = _nothing_prunable_message(model, analysis)
+        if not allow_nothing_prunable:
+            raise NothingPrunableError(
+                f"{message}. Pass allow_nothing_prunable=True to create_pruning_controller to continue with a "
+                "model that stays dense; a backend op reported as having no channel rule can be mapped to its "
+                "canonical op with hf_prune.register_op_variant")
+        warnings.warn(f"{message}; the controller will leave it unchanged", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader
     return controller
+
+
+def _nothing_prunable_message(model: nn.Module, analysis: ModelAnalysis) -> str:
+    """Why no group of ``model`` is prunable: unknown ops first, then the most common reasons."""
+    layers = sum(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in model.modules())
+    reasons = [why for whys in analysis.unprunable_layers.values() for why in whys]
+    unknown = sorted({r for r in reasons if "no channel rule" in r})
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    common = sorted(counts, key=counts.get, reverse=True)
+    shown = (unknown + [r for r in common if r not in unknown])[:5]
+    what = f"{layers} conv/linear layers" if layers else "no conv/linear layer"
+    return (f"{type(model).__name__} ({what}) has nothing prunable: "
+            + ("; ".join(shown) if shown else "no pruning group found"))

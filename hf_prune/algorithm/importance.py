@@ -37,7 +37,9 @@ def filters_by_index(weight: torch.Tensor, dim: int, coords: torch.Tensor, size:
 
     ``coords[i]`` is the group index of position ``i`` along ``dim`` (-1 where it has none).
     """
-    w = weight.detach().float().movedim(dim, 0).reshape(weight.shape[dim], -1)
+    # float64: scores then agree across devices and kernels far below any real difference between filters
+    w = weight.detach().double().movedim(dim, 0).reshape(weight.shape[dim], -1)
+    coords = coords.to(w.device)
     present = coords >= 0
     rows, idx = w[present], coords[present]
     order = torch.argsort(idx, stable=True)
@@ -45,9 +47,11 @@ def filters_by_index(weight: torch.Tensor, dim: int, coords: torch.Tensor, size:
 
 
 def group_importance(producers: list[tuple[torch.Tensor, int, torch.Tensor]], size: int, criterion: str) -> torch.Tensor:
-    """Importance of each index of a group from its producers ``(weight, dim, coords)``."""
+    """Importance of each index of a group from its producers ``(weight, dim, coords)``, computed on the
+    weights' device and returned on the CPU (one transfer per group)."""
     fn = IMPORTANCE[criterion]
-    total = torch.zeros(size)
+    total = None
     for weight, dim, coords in producers:
-        total += fn(filters_by_index(weight, dim, coords, size)).cpu()
-    return total
+        score = fn(filters_by_index(weight, dim, coords, size))
+        total = score if total is None else total + score.to(total.device)
+    return total.cpu() if total is not None else torch.zeros(size, dtype=torch.float64)

@@ -14,19 +14,35 @@ from torch import nn
 
 
 class _MaskHook:
-    """Forward pre/post hooks swapping a module's weights for their masked versions during forward."""
+    """Forward pre/post hooks swapping a module's weights for their masked versions during forward.
+
+    Masks are updated in place (:meth:`update`), never replaced: a ``torch.compile``d model reads the same
+    mask tensors in every call, so new masks take effect without recompiling (dynamo does not guard on
+    module hooks, so hooks swapped after compilation would be silently ignored).
+    """
 
     def __init__(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks = masks
         self.saved: dict[str, nn.Parameter] = {}
-        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        self._placed: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
     def mask_for(self, name: str, p: torch.Tensor) -> torch.Tensor:
         key = (name, p.device, p.dtype)
-        m = self._cache.get(key)
+        m = self._placed.get(key)
         if m is None:
-            m = self._cache[key] = self.masks[name].to(device=p.device, dtype=p.dtype)
+            m = self._placed[key] = self.masks[name].to(device=p.device, dtype=p.dtype)
         return m
+
+    def update(self, masks: dict[str, torch.Tensor]) -> None:
+        """New values for the same masks, copied into every tensor already placed on a device."""
+        self.masks = masks
+        for (name, _, _), placed in self._placed.items():
+            placed.copy_(masks[name], non_blocking=True)
+
+    @property
+    def prunes(self) -> bool:
+        """Whether any mask removes something (all-ones masks leave the forward pass unchanged)."""
+        return any(not bool(m.all()) for m in self.masks.values())
 
     def pre(self, module: nn.Module, args) -> None:
         for name in self.masks:
@@ -47,13 +63,20 @@ class WeightMasker:
         self._hooks: dict[nn.Module, tuple[_MaskHook, list]] = {}
 
     def apply(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-        """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``); replaces old masks."""
-        self.remove()
+        """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``). Masks of the same
+        parameters as before are updated in place; another set of parameters replaces the hooks."""
         by_module: dict[nn.Module, dict[str, torch.Tensor]] = {}
         for full_name, mask in masks.items():
             module_name, _, pname = full_name.rpartition(".")
             module = model.get_submodule(module_name)
             by_module.setdefault(module, {})[pname] = mask
+        same = by_module.keys() == self._hooks.keys() and all(
+            module_masks.keys() == self._hooks[module][0].masks.keys() for module, module_masks in by_module.items())
+        if same:
+            for module, module_masks in by_module.items():
+                self._hooks[module][0].update(module_masks)
+            return
+        self.remove()
         for module, module_masks in by_module.items():
             hook = _MaskHook(module_masks)
             handles = [module.register_forward_pre_hook(hook.pre),
@@ -65,10 +88,6 @@ class WeightMasker:
             for h in handles:
                 h.remove()
         self._hooks.clear()
-
-    @property
-    def active(self) -> bool:
-        return bool(self._hooks)
 
 
 def remove_mask_hooks(model: nn.Module) -> None:

@@ -3,8 +3,10 @@
 With e the epoch, i = e − num_init_steps and S = pruning_steps − 1: the level is 0 while
 e < num_init_steps; ``baseline`` jumps to the target; ``exponential`` keeps the density
 (1 − level) on the exponential through (0, 1 − p0) and (S, 1 − pt); ``exponential_with_bias`` follows
-a·exp(−k·i) + b through (0, p0), (S, pt) and (S/8, 0.75·pt). Masks are recomputed from the current
-weights at every epoch step until the schedule freezes them.
+a·exp(−k·i) + b through (0, p0), (S, pt) and (S/8, 0.75·pt). With S = 0 (``pruning_steps: 1``) the
+target applies at once. Masks are recomputed from the current weights at every epoch step until the
+schedule freezes them. Where NNCF 2.19 misbehaves we differ on purpose (docs/concepts.md): the level
+stays at the target after S even when p0 > pt, and exponential_with_bias needs no numerical solver.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Protocol
 
 
 class _Controller(Protocol):
+    frozen: bool
+
     def set_pruning_level(self, pruning_level: Any, run_batchnorm_adaptation: bool = False) -> None: ...
 
     def freeze(self) -> None: ...
@@ -34,9 +38,21 @@ class PruningScheduler:
 
     @property
     def freeze_epoch(self) -> int:
+        """The epoch from which the masks stay fixed."""
         return self.num_init_steps + self.pruning_steps
 
+    @property
+    def num_warmup_epochs(self) -> int:
+        """NNCF's name for ``num_init_steps``."""
+        return self.num_init_steps
+
+    @property
+    def num_pruning_epochs(self) -> int:
+        """NNCF's name for ``pruning_steps``."""
+        return self.pruning_steps
+
     def level_at(self, epoch: int) -> float:
+        """The pruning level the schedule sets at ``epoch``."""
         if epoch < self.num_init_steps:
             return 0.0
         return self._level(epoch - self.num_init_steps)
@@ -46,16 +62,16 @@ class PruningScheduler:
 
     @property
     def current_pruning_level(self) -> float:
-        return self.level_at(max(self.current_epoch, 0)) if self.current_epoch >= 0 else 0.0
+        """The level of the current epoch (0 before the first :meth:`epoch_step`)."""
+        return self.level_at(self.current_epoch) if self.current_epoch >= 0 else 0.0
 
     def epoch_step(self, next_epoch: int | None = None) -> None:
-        """Call at the start of each epoch: moves to the next epoch and updates the masks."""
+        """Call at the start of each epoch: moves to the next epoch and, until frozen, updates the masks."""
         self.current_epoch = self.current_epoch + 1 if next_epoch is None else next_epoch
+        if not self._controller.frozen:
+            self._controller.set_pruning_level(self.current_pruning_level)
         if self.current_epoch >= self.freeze_epoch:
-            self._controller.set_pruning_level(self.current_pruning_level)
             self._controller.freeze()
-        else:
-            self._controller.set_pruning_level(self.current_pruning_level)
 
     def step(self, next_step: int | None = None) -> None:
         """Call after each optimizer step (NNCF changes levels per epoch only)."""
@@ -67,6 +83,11 @@ class PruningScheduler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.current_epoch = int(state["current_epoch"])
         self.current_step = int(state["current_step"])
+
+    get_state = state_dict
+    """NNCF's name for :meth:`state_dict`."""
+    load_state = load_state_dict
+    """NNCF's name for :meth:`load_state_dict` (like NNCF's, it leaves the masks alone)."""
 
 
 class BaselinePruningScheduler(PruningScheduler):
@@ -82,7 +103,9 @@ class BaselinePruningScheduler(PruningScheduler):
 
 class ExponentialPruningScheduler(PruningScheduler):
     def _level(self, i: int) -> float:
-        p0, pt, s = self.initial_level, self.target_level, max(self.pruning_steps - 1, 1)
+        p0, pt, s = self.initial_level, self.target_level, self.pruning_steps - 1
+        if s <= 0:
+            return pt
         density = (1 - p0) * ((1 - pt) / (1 - p0)) ** (min(i, s) / s)
         return min(1 - density, pt)
 
@@ -93,7 +116,10 @@ class ExponentialWithBiasPruningScheduler(PruningScheduler):
         self.a, self.b, self.k = _fit_exp_with_bias(self.initial_level, self.target_level, max(self.pruning_steps - 1, 1))
 
     def _level(self, i: int) -> float:
-        level = self.a * math.exp(-self.k * min(i, max(self.pruning_steps - 1, 1))) + self.b
+        s = self.pruning_steps - 1
+        if s <= 0:
+            return self.target_level
+        level = self.a * math.exp(-self.k * min(i, s)) + self.b
         return min(max(level, 0.0), self.target_level)
 
 

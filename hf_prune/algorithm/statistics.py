@@ -1,4 +1,9 @@
-"""PruningStatistics: what the controller has done, for machines (``to_dict``) and people (a table)."""
+"""PruningStatistics: what the controller has done, for machines (``to_dict``) and people (a table).
+
+It also has NNCF's shape: ``stats.filter_pruning.model_statistics`` with ``full_flops``, ``current_flops``,
+``full_params_num``, ``full_filters_num`` (all conv/linear filters, as NNCF counts them), their pruning
+levels and ``pruned_layers_summary``; ``to_str()``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from torch import nn
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -25,6 +31,9 @@ class LayerStatistics:
     @property
     def level(self) -> float:
         return 1.0 - self.kept / self.total if self.total else 0.0
+
+    filter_pruning_level = level
+    """NNCF's name (``PrunedLayerSummary.filter_pruning_level``)."""
 
 
 @dataclass
@@ -46,6 +55,67 @@ class PruningStatistics:
     latency_predicted_ms: float | None = None  # the current masks, from the latency table
     latency_measured_ms: float | None = None  # the stripped model, where controller.measure_latency ran
 
+    # NNCF's names: stats.filter_pruning.model_statistics.full_flops, ... (None where not collected)
+    @property
+    def filter_pruning(self) -> PruningStatistics:
+        return self
+
+    @property
+    def model_statistics(self) -> PruningStatistics:
+        return self
+
+    @property
+    def current_pruning_level(self) -> float:
+        return self.current_level
+
+    @property
+    def target_pruning_level(self) -> float:
+        return self.target_level
+
+    @property
+    def full_flops(self) -> float | None:
+        return self.flops_before
+
+    @property
+    def current_flops(self) -> float | None:
+        return self.flops_after
+
+    @property
+    def flops_pruning_level(self) -> float | None:
+        return None if self.flops_before is None else 1 - self.flops_after / self.flops_before
+
+    @property
+    def full_params_num(self) -> float | None:
+        return self.params_before
+
+    @property
+    def current_params_num(self) -> float | None:
+        return self.params_after
+
+    @property
+    def params_pruning_level(self) -> float | None:
+        return None if self.params_before is None else 1 - self.params_after / self.params_before
+
+    @property
+    def full_filters_num(self) -> int:
+        return self.filters_before
+
+    @property
+    def current_filters_num(self) -> int:
+        return self.filters_after
+
+    @property
+    def filter_pruning_level(self) -> float:
+        return 1 - self.filters_after / self.filters_before if self.filters_before else 0.0
+
+    @property
+    def pruned_layers_summary(self) -> list[LayerStatistics]:
+        return self.layers
+
+    def to_str(self) -> str:
+        """NNCF's name for ``str(stats)``."""
+        return str(self)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = [dict(asdict(layer), level=layer.level) for layer in self.layers]
@@ -65,7 +135,7 @@ class PruningStatistics:
         lines = [
             f"pruning level: {self.current_level:.3f} (target {self.target_level:.3f} of {target_kind})",
             f"compression rate: {self.compression_rate:.3f}, stage {self.compression_stage}",
-            f"filters: {self.filters_before} -> {self.filters_after}",
+            f"filters (all conv/linear layers): {self.filters_before} -> {self.filters_after}",
         ]
         if self.flops_before is not None:
             lines.append(f"FLOPs: {self.flops_before / 1e6:.1f}M -> {self.flops_after / 1e6:.1f}M "
@@ -96,10 +166,12 @@ def collect_statistics(ctrl: "FilterPruningController", quickly_collected_only: 
         mask = info.mask
         layers.append(LayerStatistics(info.module_name, shapes[info.param], tuple(mask.shape),
                                       int(mask.sum()), mask.numel(), info.group_id))
+    filters = sum(m.weight.shape[1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0]
+                  for m in ctrl.model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
     stats = PruningStatistics(
         current_level=ctrl.pruning_level, target_level=ctrl.target_level, prune_flops=ctrl.prune_flops,
         compression_rate=ctrl.compression_rate, compression_stage=ctrl.compression_stage(),
-        filters_before=sum(layer.total for layer in layers), filters_after=sum(layer.kept for layer in layers),
+        filters_before=filters, filters_after=filters - sum(layer.total - layer.kept for layer in layers),
         layers=layers, prune_latency=ctrl.prune_latency, latency_measured_ms=ctrl.measured_latency_ms,
     )
     if ctrl.latency is not None:

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..algorithm.controller import pruning_policy
 from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis, analyze_model
-from ..algorithm.controller import pruning_policy
 from ..graph.groups import PruningGroup
 from ..integrations.hub import model_statistics
 from ..integrations.onnx import export_onnx

@@ -56,8 +56,11 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
     if isinstance(module, nn.modules.conv._ConvNd):
         if groups is not None:
             module.groups = groups
-        module.out_channels = module.weight.shape[0]
-        module.in_channels = module.weight.shape[1] * module.groups
+        if module.transposed:  # weight (in, out / groups, ...)
+            module.in_channels, module.out_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+        else:
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):

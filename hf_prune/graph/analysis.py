@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..errors import AnalysisError
 from .flops import FlopsModel
@@ -69,21 +73,76 @@ def default_example_inputs(model: nn.Module) -> Any:
     )
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The one device holding ``model``'s parameters and buffers (CPU for a model without any).
+
+    Raises :class:`AnalysisError` for a model on the ``meta`` device or split across devices.
+    """
+    name = type(model).__name__
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+    if any(d.type == "meta" for d in devices):
+        raise AnalysisError(
+            f"{name} has parameters on the meta device (created under init_empty_weights, device_map='meta' or "
+            "from_pretrained(..., low_cpu_mem_usage=True) without weights): load its weights, e.g. "
+            "model.to_empty(device='cpu') then load_state_dict, before pruning it")
+    dispatched = sorted({str(getattr(m._hf_hook, "execution_device", "?"))
+                         for m in model.modules() if hasattr(m, "_hf_hook")})
+    if len(devices) > 1 or len(dispatched) > 1:
+        where = ", ".join(sorted(str(d) for d in devices | set(dispatched)))
+        raise AnalysisError(
+            f"{name} is split across devices ({where}), e.g. by device_map='auto': pruning needs the whole model "
+            "on one device; load it without device_map and move it with model.to(device)")
+    return next(iter(devices), torch.device("cpu"))
+
+
+def _cpu_float32(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``t``, with half-precision floats (fp16, bf16, fp8) widened to float32."""
+    low = t.is_floating_point() and torch.finfo(t.dtype).bits < 32
+    return t.detach().to("cpu", torch.float32 if low else t.dtype, copy=True)
+
+
+def canonical_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` with the same module and parameter names, made without a second copy
+    on the model's own device. The analysis traces this copy, so what it decides cannot depend on the
+    device, the dtype or the kernels the model would run with (see :mod:`.canonical` for the op variants)."""
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        copy_ = _cpu_float32(t)
+        memo[id(t)] = nn.Parameter(copy_, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else copy_
+    with torch.no_grad():
+        return copy.deepcopy(model, memo)
+
+
+def canonical_inputs(inputs: Any) -> Any:
+    """``inputs`` on the CPU, half-precision tensors as float32 (the analysis copy's device and dtype)."""
+    return tree_map(lambda x: _cpu_float32(x) if isinstance(x, torch.Tensor) else x, inputs)
+
+
 def analyze_model(model: nn.Module, example_inputs: Any = None, policy: PruningPolicy | None = None,
                   verify: bool = True) -> ModelAnalysis:
     """Trace ``model`` once and find its pruning groups under ``policy`` (NNCF defaults if None).
 
-    With ``verify`` (default), every offered group is proven strippable on the example inputs (see
+    The trace runs on a float32 CPU copy of ``model`` with CPU float32 inputs, without autocast: groups,
+    FLOPs and the strip proof are the same wherever the model lives and whatever its dtype. With ``verify``
+    (default), every offered group is proven strippable on the example inputs (see
     :mod:`hf_prune.graph.verify`); groups that fail are excluded with the failure as their reason.
     """
     if not isinstance(model, nn.Module):
         raise AnalysisError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model_device(model)
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
-    trace = trace_model(model, example_inputs)
-    groups = build_groups(trace, model, policy or PruningPolicy())
-    if verify:
-        exclude_unstrippable(model, trace, groups, example_inputs)
+    inputs = canonical_inputs(example_inputs)
+    copy_ = canonical_copy(model)
+    with torch.autocast("cpu", enabled=False), _cuda_autocast_disabled():
+        trace = trace_model(copy_, inputs)
+        groups = build_groups(trace, copy_, policy or PruningPolicy())
+        if verify:
+            exclude_unstrippable(copy_, trace, groups, inputs)
     params = {n for n, p in model.named_parameters()}
     return ModelAnalysis(type(model).__name__, trace, groups, unprunable_layers(trace, groups), FlopsModel(trace),
-                         params, example_inputs)
+                         params, inputs)
+
+
+def _cuda_autocast_disabled() -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()

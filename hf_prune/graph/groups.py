@@ -71,6 +71,7 @@ class PruningPolicy:
     ignored_scopes: Sequence[str] = ()
     target_scopes: Sequence[str] = ()
     channel_multiple: int = 8
+    validate_scopes: bool = True
 
     @classmethod
     def from_config(cls, config: Any) -> "PruningPolicy":
@@ -78,33 +79,72 @@ class PruningPolicy:
             return cls()
         p = config.params
         return cls(p.prune_first_conv, p.prune_downsample_convs, list(config.ignored_scopes),
-                   list(config.target_scopes), p.channel_multiple)
+                   list(config.target_scopes), p.channel_multiple, config.validate_scopes)
 
 
-def _scope_matcher(scopes: Iterable[str], modules: list[str], key: str):
-    """Compile ``ignored_scopes``-style entries: a module name (and its children) or ``{re}regex``."""
+_NNCF_OPS = {"Conv1d": "conv1d", "Conv2d": "conv2d", "Conv3d": "conv3d", "ConvTranspose2d": "conv_transpose2d",
+             "ConvTranspose3d": "conv_transpose3d", "Linear": "linear"}
+"""The op name NNCF appends to a layer's scope to name its graph node (``.../NNCFConv2d[conv1]/conv2d_0``)."""
+
+
+def nncf_scopes(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Module name -> the names NNCF gives it: its scope ``ResNet/Sequential[layer1]/Conv2d[conv1]``, the
+    same with NNCF's wrapped class (``NNCFConv2d``), and its graph node name (``.../NNCFConv2d[conv1]/conv2d_0``)."""
+    root = type(model).__name__
+    plain: dict[str, str] = {"": root}
+    wrapped: dict[str, str] = {"": root}
+    out: dict[str, tuple[str, ...]] = {}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        parent, _, attr = name.rpartition(".")
+        cls = type(module).__name__
+        op = _NNCF_OPS.get(cls)
+        plain[name] = f"{plain[parent]}/{cls}[{attr}]"
+        wrapped[name] = f"{wrapped[parent]}/{'NNCF' + cls if op else cls}[{attr}]"
+        names = (plain[name], wrapped[name]) + ((f"{wrapped[name]}/{op}_0",) if op else ())
+        out[name] = tuple(dict.fromkeys(names))
+    return out
+
+
+def _scope_matcher(scopes: Iterable[str], model: nn.Module, key: str, validate: bool = True):
+    """Compile ``ignored_scopes``-style entries, NNCF's syntax included.
+
+    An entry is a module name (covering its children), an NNCF scope or node name matched exactly
+    (``ResNet/Sequential[layer1]/BasicBlock[0]/Conv2d[conv1]``), or ``{re}regex``: searched in the NNCF
+    names of a layer (as NNCF does) or matching its whole module name. With ``validate`` an entry that
+    matches nothing is an error naming the closest names.
+    """
+    names = nncf_scopes(model)
+    modules = list(names)
     patterns = []
     for scope in scopes:
-        if scope.startswith("{re}"):
-            rx = re.compile(scope[4:])
-            if not any(rx.fullmatch(m) for m in modules):
-                raise ScopeError(f"{key}: regex {scope!r} matches no module of the model")
-            patterns.append(lambda m, rx=rx: bool(rx.fullmatch(m)))
+        if "{re}" in scope:
+            rx = re.compile(scope.replace("{re}", ""))
+            pattern = (lambda m, rx=rx: bool(rx.fullmatch(m)) or any(rx.search(n) for n in names[m]))
+            kind = "regex"
+        elif "/" in scope:
+            pattern = (lambda m, s=scope: s in names[m])
+            kind = "NNCF scope"
         else:
-            if not any(m == scope or m.startswith(scope + ".") for m in modules):
-                close = difflib.get_close_matches(scope, modules, n=5, cutoff=0.5)
-                hint = f"; closest module names: {', '.join(close)}" if close else ""
-                raise ScopeError(f"{key}: no module named {scope!r} in the model{hint}")
-            patterns.append(lambda m, s=scope: m == s or m.startswith(s + "."))
-    return lambda module: next((s for s, p in zip(scopes, patterns) if p(module)), None)
+            pattern = (lambda m, s=scope: m == s or m.startswith(s + "."))
+            kind = "module name"
+        if validate and not any(pattern(m) for m in modules):
+            pool = [n for m in modules for n in names[m][:1]] if kind == "NNCF scope" else modules
+            close = difflib.get_close_matches(scope.replace("{re}", ""), pool, n=5, cutoff=0.5)
+            hint = f"; closest {'names' if kind == 'NNCF scope' else 'module names'}: {', '.join(close)}" if close else ""
+            what = f"no module named {scope!r}" if kind == "module name" else f"{kind} {scope!r} matches no module"
+            raise ScopeError(f"{key}: {what} in the model{hint} (validate_scopes: false allows it)")
+        patterns.append(pattern)
+    return lambda module: next((s for s, p in zip(scopes, patterns) if module in names and p(module)), None)
 
 
 def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> list[PruningGroup]:
     """Groups of the traced model, prunable and not."""
     T = trace.table
-    modules = [n for n, _ in model.named_modules() if n]
-    ignored = _scope_matcher(policy.ignored_scopes, modules, "ignored_scopes")
-    targeted = _scope_matcher(policy.target_scopes, modules, "target_scopes") if policy.target_scopes else None
+    ignored = _scope_matcher(policy.ignored_scopes, model, "ignored_scopes", policy.validate_scopes)
+    targeted = (_scope_matcher(policy.target_scopes, model, "target_scopes", policy.validate_scopes)
+                if policy.target_scopes else None)
     named_modules = dict(model.named_modules())
 
     roles: dict[tuple[str, int], str] = {}
@@ -118,9 +158,12 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
 
     policy_reasons: dict[int, list[str]] = {}
     input_roots = {T.find(s) for lab in trace.input_labels for s in lab}
-    for conv in trace.convs:
+    for i, conv in enumerate(trace.convs):
         reason = None
-        if not policy.prune_first_conv and any(T.find(s) in input_roots for s in conv.in_label):
+        # a first conv reads the model's input; one that reads a single channel (a grayscale image) has
+        # no channel space to follow, so the first conv the model runs counts as reading the input
+        reads_input = any(T.find(s) in input_roots for s in conv.in_label) or (i == 0 and not conv.in_label)
+        if not policy.prune_first_conv and reads_input:
             reason = f"first convolution {conv.module} (prune_first_conv=false)"
         elif not policy.prune_downsample_convs and conv.groups == 1 and any(s > 1 for s in conv.stride):
             reason = f"downsample convolution {conv.module} (stride {max(conv.stride)}; prune_downsample_convs=false)"
@@ -206,9 +249,10 @@ def unprunable_layers(trace: ModelTrace, groups: list[PruningGroup]) -> dict[str
                 for r in g.reasons:
                     if r not in out[p]:
                         out[p].append(r)
-    for module, reason in trace.computed_weights.items():
-        out.setdefault(module, []).append(reason)
-    producers_seen = {p for g in groups for p in g.producers} | set(trace.computed_weights)
+    for module, reason in (trace.computed_weights | trace.opaque_ops).items():
+        if module not in prunable_producers:
+            out.setdefault(module, []).append(reason)
+    producers_seen = {p for g in groups for p in g.producers} | set(trace.computed_weights) | set(trace.opaque_ops)
     for u in trace.uses:
         if u.role == "out" and u.module not in producers_seen:
             out.setdefault(u.param.rpartition(".")[0], []).append("its output channels form no group (single channel)")

@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
 from ..errors import AnalysisError
+from .canonical import canonicalize
 from .spaces import Label, Site, SpaceTable
 
 aten = torch.ops.aten
@@ -74,6 +75,7 @@ class ModelTrace:
     flop_ops: list[FlopOp]
     convs: list[ConvRecord]
     computed_weights: dict[str, str]
+    opaque_ops: dict[str, str]
     input_labels: list[Label]
     module_classes: dict[str, str]
     num_ops: int = 0
@@ -83,7 +85,7 @@ _IDENTITY = {
     aten.alias, aten.detach, aten.clone, aten._to_copy, aten.lift_fresh, aten.lift_fresh_copy,
     aten.contiguous, aten.fill_, aten.zero_, aten.hardswish, aten.hardswish_, aten.mish, aten.mish_,
     aten.softplus, aten.elu, aten.elu_, aten.selu, aten.selu_, aten.celu, aten.celu_, aten.native_dropout,
-    aten.dropout, aten.feature_dropout, aten.alpha_dropout,
+    aten.dropout, aten.feature_dropout, aten.alpha_dropout, aten._fused_dropout,
 }
 _VIEW_LIKE = {
     aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten,
@@ -111,6 +113,7 @@ _BATCH_NORMS = {
 _SDPA = {
     aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
     aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+    aten._scaled_dot_product_fused_attention_overrideable,
 }
 
 
@@ -145,6 +148,7 @@ class _Tracer(TorchDispatchMode):
         self.flop_ops: list[FlopOp] = []
         self.convs: list[ConvRecord] = []
         self.computed_weights: dict[str, str] = {}
+        self.opaque_ops: dict[str, str] = {}  # module → why an op without a channel rule blocks its parameters
         self.stack: list[str] = [""]
         self.last_op = ""
         self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
@@ -157,6 +161,7 @@ class _Tracer(TorchDispatchMode):
             aten.cat: self._cat, aten.stack: self._stack, aten.slice: self._slice, aten.select: self._select,
             aten.split: self._split, aten.split_with_sizes: self._split, aten.unbind: self._unbind,
             aten.constant_pad_nd: self._pad, aten.copy_: self._pointwise,
+            aten.as_strided: self._restride, aten.as_strided_: self._restride,
         }
         for ops, rule in ((_IDENTITY, self._identity), (_VIEW_LIKE, self._reshape), (_SPATIAL_OPS, self._spatial),
                           (_REDUCTIONS, self._reduction), (_SOFTMAX, self._softmax),
@@ -211,7 +216,7 @@ class _Tracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
-        self.last_op = f"aten.{packet.__name__}"
+        self.last_op = str(packet)  # "aten.convolution", "mylib.my_op"
         try:
             out = func(*args, **kwargs)
         except Exception:
@@ -223,6 +228,8 @@ class _Tracer(TorchDispatchMode):
         outs = _tensors(tree_flatten(out)[0])
         if not outs:
             return out
+        func, args, kwargs = canonicalize(func, args, kwargs)
+        packet = func.overloadpacket
         rule = self.rules.get(packet)
         if rule is None and torch.Tag.pointwise in func.tags:
             rule = self._pointwise
@@ -231,8 +238,13 @@ class _Tracer(TorchDispatchMode):
         elif not ins:
             self.label_outputs(outs, f"created by {self.where(self.last_op)}")
         else:
-            self.block_all(ins, f"used by {self.where(self.last_op)}, which has no channel rule")
+            reason = f"used by {self.where(self.last_op)}, which has no channel rule"
+            self.block_all(ins, reason)
             self.label_outputs(outs, f"produced by {self.where(self.last_op)}")
+            for t in ins:
+                param = self.info(t).param
+                if param is not None:
+                    self.opaque_ops.setdefault(param.rpartition(".")[0], f"its {param.rpartition('.')[2]} is {reason}")
         if packet in flop_registry or packet in _SDPA:
             self._count_flops(packet, func, args, kwargs, out)
         return out
@@ -246,6 +258,17 @@ class _Tracer(TorchDispatchMode):
                 self.set(o, list(x.labels), param=x.param, op=self.last_op)
             else:
                 self.set(o, self.fresh(o), op=self.last_op)
+
+    def _restride(self, func, args, kwargs, out):
+        """A new memory layout of the same shape (channels_last kernels) keeps the labels; any other
+        strided view is opaque."""
+        x = self.info(args[0])
+        if tuple(out.shape) == tuple(args[0].shape):
+            if not (out is args[0] and id(out) in self.infos):
+                self.set(out, list(x.labels), param=x.param, op=self.last_op)
+            return
+        self.block_all([args[0]], f"viewed with arbitrary strides by {self.where(self.last_op)}")
+        self.set(out, self.fresh(out, f"produced by {self.where(self.last_op)}"), op=self.last_op)
 
     def _pointwise(self, func, args, kwargs, out):
         ins = _tensors(tree_flatten((args, kwargs))[0])
@@ -400,15 +423,19 @@ class _Tracer(TorchDispatchMode):
         stride, transposed, groups = tuple(args[3]), args[6], args[8]
         x, w = self.info(x_t), self.info(w_t)
         where = self.where("aten.convolution")
-        if transposed:
-            self.block_all([x_t, w_t], f"transposed convolution ({where}) is not supported")
-            self.set(out, self.fresh(out, f"produced by transposed convolution ({where})"), op=self.last_op)
+        if transposed and groups != 1:
+            self.block_all([x_t, w_t], f"grouped transposed convolution ({where}) is not supported")
+            self.set(out, self.fresh(out, f"produced by grouped transposed convolution ({where})"), op=self.last_op)
             return
-        in_label, out_label = x.labels[1], w.labels[0]
+        if transposed:  # weight (in, out, ...): filters along dim 1; it upsamples, so it is no downsample conv
+            w_out, w_in, stride = 1, 0, (1,) * len(stride)
+        else:
+            w_out, w_in = 0, 1
+        in_label, out_label = x.labels[1], w.labels[w_out]
         groups_label: Label | None = None
         cin, cout = x_t.shape[1], w_t.shape[0]
         if groups == 1:
-            self.table.unify(in_label, w.labels[1])
+            self.table.unify(in_label, w.labels[w_in])
         else:
             site = Site("groups", self.module)
             ins = self.table.split(in_label, [groups, cin // groups], site)
@@ -427,8 +454,8 @@ class _Tracer(TorchDispatchMode):
             self.computed_weights[self.module] = f"its weight is computed in forward ({w.op})"
             self.table.block_label(in_label, f"contracted by {where} with a computed weight")
         else:
-            self._use(w, w.labels[0], "out")
-            self._use(w, w.labels[1], "in")
+            self._use(w, w.labels[w_out], "out")
+            self._use(w, w.labels[w_in], "in")
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
         spatial = [self.table.new_label(n, f"spatial dimension of {where}") for n in out.shape[2:]]
         self.set(out, [x.labels[0], out_label] + spatial, op=self.last_op)
@@ -674,6 +701,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         flop_ops=tracer.flop_ops,
         convs=tracer.convs,
         computed_weights=tracer.computed_weights,
+        opaque_ops=tracer.opaque_ops,
         input_labels=input_labels,
         module_classes={n: type(m).__name__ for m, n in names.items()},
         num_ops=tracer.num_ops,
