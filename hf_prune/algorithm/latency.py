@@ -2,11 +2,12 @@
 
 The latency model is a lookup table, as in NetAdapt and NVIDIA's HALP: every conv/linear layer that a
 pruning group narrows is timed alone, on the deployment device, dtype and batch size, at a few input and
-output widths; a plan's latency is the dense model's measured latency minus what its layers save, read
-from the table (bilinear between measured widths). The rest of the model (norms, activations,
-attention products) is counted as constant, so the prediction errs on the slow side. Tables are cached
-in a JSON file under a key (model structure, device, dtype, batch size, torch version, threads) and
-measured again when the key changes.
+output widths. A plan's latency is the dense model's measured latency minus what its layers save, read
+from the table (bilinear between measured widths), minus what the per-channel ops between layers (norms,
+activations, adds) save on the narrower outputs; that per-channel time is calibrated once on a copy
+stripped to half of every group, so the model reproduces that measurement. The rest (attention
+products, pooling, the head) counts as constant. Tables are cached in a JSON file under a key (model
+structure, device, dtype, batch size, torch version, CPU threads) and measured again when it changes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..graph.analysis import ModelAnalysis
 from ..graph.groups import PruningGroup
 from ..graph.spaces import Label
 from ..graph.surgery import strip
+from ..graph.trace import call_model
 from .planning import kept_count
 
 logger = logging.getLogger(__name__)
@@ -159,22 +161,13 @@ def batched(inputs: Any, target: DeployTarget) -> Any:
 
 def deploy_copy(model: nn.Module, target: DeployTarget) -> nn.Module:
     """A copy of ``model`` on the target's device and dtype, in eval mode and its memory format."""
-    was_training = model.training
-    model.eval()
-    try:
-        copy_ = copy.deepcopy(model)
-    finally:
-        model.train(was_training)
-    copy_ = copy_.to(device=target.device, dtype=target.dtype)
-    if target.channels_last:
-        copy_ = copy_.to(memory_format=torch.channels_last)
-    return copy_
+    deployed = copy.deepcopy(model).eval().to(device=target.device, dtype=target.dtype)
+    return deployed.to(memory_format=torch.channels_last) if target.channels_last else deployed
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, target: DeployTarget) -> float:
-    """Median milliseconds of one forward pass of (a copy of) ``model`` on the deployment target."""
-    from ..graph.trace import call_model
-
+    """Milliseconds of one forward pass (the fastest of several) of a copy of ``model`` on the deployment
+    target, at its batch size."""
     deployed = deploy_copy(model, target)
     inputs = batched(example_inputs, target)
     return time_ms(lambda: call_model(deployed, inputs), target.device)
@@ -369,8 +362,6 @@ def _widths(size: int, unit: int, prunable: bool) -> list[int]:
 def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGroup], target: DeployTarget) -> LatencyTable:
     """Time the dense model, every conv/linear layer a group narrows (alone, at a few widths), and a
     copy stripped to half of every group (which calibrates the per-channel time)."""
-    from ..graph.trace import call_model
-
     T, trace = analysis.trace.table, analysis.trace
     units = {g.space: g.unit for g in groups}
     deployed = deploy_copy(model, target)
