@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..algorithm.controller import pruning_policy
 from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis, analyze_model
-from ..graph.groups import PruningGroup, PruningPolicy
+from ..graph.groups import PruningGroup
 from ..integrations.hub import model_statistics
 from ..integrations.onnx import export_onnx
 from ..integrations.serialization import from_pretrained
@@ -113,9 +114,9 @@ def _add_analyze(commands: argparse._SubParsersAction) -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     """Load the model, analyse it, print a report (or JSON)."""
-    policy = PruningPolicy.from_config(PruningConfig.from_file(args.config)) if args.config else None
     model, inputs = load_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained,
                                image_size=args.image_size)
+    policy = pruning_policy(model, PruningConfig.from_file(args.config)) if args.config else None
     start = time.perf_counter()
     analysis = analyze_model(model, inputs, policy=policy, verify=args.verify)
     seconds = time.perf_counter() - start

@@ -191,6 +191,8 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
     if data.eval is not None:
         report.pruned_metrics = _metrics(trainer.evaluate())
     if trainer.is_world_process_zero():
+        if recipe.outputs.strip and trainer.controller.latency is not None:  # a latency target, checked there
+            report.statistics.latency_measured_ms = trainer.controller.measure_latency(model)
         if recipe.outputs.save:
             files["model"] = save_pretrained(model, out / "model", controller=None if recipe.outputs.strip else trainer.controller)
             report.artifacts["model"] = str(files["model"])
