@@ -582,7 +582,22 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         warnings.warn(f"{message}; the controller will leave it unchanged", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader
+    if controller.groups and config.target > 0 and controller._cost_model() is None:
+        _check_target_prunes(controller)
     return controller
+
+
+def _check_target_prunes(controller: FilterPruningController) -> None:
+    """A filter target that rounding turns into "keep every channel" is an error, not a dense "pruned" model."""
+    target = controller.target_level
+    plan = controller._plan(target, controller._importance())
+    if any(kept < controller.groups[gid].size for gid, kept in plan.items()):
+        return
+    largest = max(controller.groups.values(), key=lambda g: g.size)
+    raise NothingPrunableError(
+        f"pruning_target {target:g} removes no channel of {type(controller.model).__name__}: every group keeps "
+        f"all its channels once rounded up to its channel multiple (largest group: {largest.size} channels, "
+        f"multiple {largest.unit}); raise the target or lower params.channel_multiple")
 
 
 def _nothing_prunable_message(model: nn.Module, analysis: ModelAnalysis) -> str:
