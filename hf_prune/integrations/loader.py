@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedModel
 from transformers.quantizers.auto import (
     AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer,
 )
@@ -25,6 +24,9 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from . import serialization as s
+
+if TYPE_CHECKING:  # not at run time: this module is imported while transformers.modeling_utils is
+    from transformers import PreTrainedModel
 
 __all__ = ["PrunedShapesConfig", "PrunedShapesLoader", "register"]
 

@@ -266,8 +266,9 @@ def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.Path
                   only_recorded: dict[str, Any] | None = None) -> None:
     """Every tensor in the weight ``files`` exists in ``model`` with the same shape, and back.
 
-    ``only_recorded``: a pruning record; then only the pruned dimensions of its tensors are compared
-    (transformers itself reports, or with ``ignore_mismatched_sizes`` re-initializes, a new head).
+    ``only_recorded``: a pruning record; then only the pruned dimensions of its tensors are compared, and
+    only where the file names them as the model does: transformers' loader reports the rest itself (a new
+    head it re-initializes with ``ignore_mismatched_sizes``; transformers 5 renames some checkpoint keys).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -292,9 +293,9 @@ def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.Path
     else:
         problems = [f"{key}: {shape} in {file}, {expected[key]} recorded in {CONFIG_NAME}"
                     for key, (shape, file) in found.items() if key in expected and shape != expected[key]]
-    problems += [f"{key} is missing from the weights" for key in expected if key not in found]
-    problems += [f"{key} (in {file}) is not a tensor of {type(model).__name__}"
-                 for key, (_, file) in found.items() if key not in expected]
+        problems += [f"{key} is missing from the weights" for key in expected if key not in found]
+        problems += [f"{key} (in {file}) is not a tensor of {type(model).__name__}"
+                     for key, (_, file) in found.items() if key not in expected]
     if problems:
         raise PrunedModelError(f"{source}: the weights do not match the model {CONFIG_NAME} describes: "
                                f"{_listed(problems)}")
