@@ -262,6 +262,19 @@ def _model_key(model: nn.Module, key: str) -> str:
     return key
 
 
+def _weight_shapes(file: Path, source: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the safetensors ``file``; a missing or damaged file is named."""
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise PrunedModelError(f"{source}: missing {file.name}, listed in {WEIGHTS_INDEX_NAME}")
+    try:
+        with safe_open(file, framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except SafetensorError as exc:
+        raise PrunedModelError(f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+
+
 def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.PathLike[str], *,
                   only_recorded: dict[str, Any] | None = None) -> None:
     """Every tensor in the weight ``files`` exists in ``model`` with the same shape, and back.
@@ -270,19 +283,9 @@ def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.Path
     only where the file names them as the model does: transformers' loader reports the rest itself (a new
     head it re-initializes with ``ignore_mismatched_sizes``; transformers 5 renames some checkpoint keys).
     """
-    from safetensors import SafetensorError, safe_open
-
     expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
-    found: dict[str, tuple[tuple[int, ...], str]] = {}
-    for file in files:
-        if not file.is_file():
-            raise PrunedModelError(f"{source}: missing {file.name}, listed in {WEIGHTS_INDEX_NAME}")
-        try:
-            with safe_open(file, framework="pt") as f:
-                found.update({_model_key(model, key): (tuple(f.get_slice(key).get_shape()), file.name)
-                              for key in f.keys()})
-        except SafetensorError as exc:
-            raise PrunedModelError(f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    found = {_model_key(model, key): (shape, file.name)
+             for file in files for key, shape in _weight_shapes(file, source).items()}
     if only_recorded is not None:
         recorded, dense = only_recorded["shape_spec"]["shapes"], only_recorded.get("dense_shapes") or {}
         pruned = {key: [(d, n) for d, n in enumerate(shape) if key not in dense or n != dense[key][d]]
@@ -403,9 +406,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_timm_config(config: dict[str, Any]) -> bool:
+    """timm's Hub config (transformers' ``TimmWrapperConfig`` also has ``architecture``, and a ``model_type``)."""
+    return "architecture" in config and "model_type" not in config
+
+
 def saved_record(config: dict[str, Any]) -> Any:
     """The pruning record in a parsed config.json (transformers or timm), or None."""
-    if "architecture" in config:
+    if _is_timm_config(config):
         return config.get(TIMM_KEY)
     quantization = config.get("quantization_config")
     return quantization if isinstance(quantization, dict) and quantization.get("quant_method") == QUANT_METHOD else None
@@ -441,8 +449,9 @@ def from_pretrained(path: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
     record = saved_record(config)
     if record is not None:
         _check_record(record, config_file)
-        weight_files(directory)  # missing weights: named here rather than by transformers' generic error
-    if "architecture" in config:
+        for file in weight_files(directory):  # missing or damaged weights: named here, not by transformers
+            _weight_shapes(file, source=directory)
+    if _is_timm_config(config):
         return _load_timm(directory, config, record)
     if "model_type" in config:
         import transformers
