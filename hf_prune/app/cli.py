@@ -21,10 +21,6 @@ from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy
-from ..integrations.hub import model_statistics
-from ..integrations.onnx import export_onnx
-from ..integrations.serialization import from_pretrained
-from .models import load_model
 
 __all__ = ["build_parser", "main"]
 
@@ -112,6 +108,8 @@ def _add_analyze(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    from .models import load_model  # each command imports what it needs (timm, transformers) when it runs
+
     """Load the model, analyse it, print a report (or JSON)."""
     policy = PruningPolicy.from_config(PruningConfig.from_file(args.config)) if args.config else None
     model, inputs = load_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained,
@@ -203,6 +201,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from ..integrations.onnx import export_onnx
+
     path = export_onnx(args.directory, args.onnx, opset=args.opset)
     print(f"wrote {path} (ONNX Runtime outputs match PyTorch)")
     return 0
@@ -219,6 +219,9 @@ def _add_stats(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
+    from ..integrations.hub import model_statistics
+    from ..integrations.serialization import from_pretrained
+
     stats = model_statistics(from_pretrained(args.directory))
     if args.json:
         print(json.dumps(stats, indent=2))
