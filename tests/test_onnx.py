@@ -72,3 +72,11 @@ def test_mismatch_fails_loudly(tmp_path: Path) -> None:
         other.fc.bias.add_(1.0)
     with pytest.raises(OnnxExportError, match=r"model\.onnx: ONNX Runtime's logits differ from PyTorch's by up to 1"):
         check_onnx(other, path)
+
+
+def test_convnet_export_takes_other_image_sizes(tmp_path: Path) -> None:
+    _, _, small = pruned("timm_resnet")
+    path = export_onnx(small, tmp_path / "onnx")
+    x = torch.randn(1, 3, 48, 40)  # neither the export's size nor its batch
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)

@@ -1,7 +1,7 @@
 """ONNX export, checked against PyTorch with ONNX Runtime.
 
 Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` with a dynamic batch
-axis, the class logits as first output):
+axis, and dynamic height and width where the model allows, the class logits as first output):
 
 - Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed. It infers
   the library (transformers or timm) from the model's class, which a strip keeps. The export runs on a
@@ -113,13 +113,13 @@ def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
                               "pip install 'hf_prune[onnx]' or 'hf_prune[optimum]'")
     output.mkdir(parents=True, exist_ok=True)
     example = torch.randn(2, *input_size(model))
-    batch = torch.export.Dim("batch", min=1)
+    auto = torch.export.Dim.AUTO  # dynamic where the model allows (batch; height and width for most convnets)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True, opset_version=opset,
                                         input_names=["pixel_values"], output_names=["logits"],
-                                        dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)
+                                        dynamic_shapes={"pixel_values": {0: auto, 2: auto, 3: auto}}, verbose=False)
             program.save(str(output / ONNX_NAME))
     except Exception as exc:  # torch.export and onnxscript raise many error types
         raise OnnxExportError(f"torch.onnx could not export {type(model).__name__} to {output}: {exc}") from exc
