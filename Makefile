@@ -13,7 +13,7 @@ VENV_OPTIMUM ?= .venv-optimum
 UV_VENV := .venv-uv
 UV      := $(UV_VENV)/bin/uv
 CLEAN_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u UV_FIND_LINKS \
-	-u UV_INDEX_URL -u UV_EXTRA_INDEX_URL -u UV_INDEX PIP_CONFIG_FILE=/dev/null UV_NO_CONFIG=1
+	-u UV_INDEX_URL -u UV_EXTRA_INDEX_URL -u UV_INDEX PIP_CONFIG_FILE=/dev/null UV_NO_CONFIG=1 UV_PYTHON_DOWNLOADS=never
 EXTRAS_DEFAULT := dev,data,onnx
 EXTRAS_OPTIMUM := dev,data,optimum
 PYTEST  := -m pytest -q -n 2 -p no:cacheprovider
