@@ -125,6 +125,7 @@ def pruning_record(model: nn.Module) -> dict[str, Any] | None:
 
 
 def set_record(model: nn.Module, record: dict[str, Any] | None) -> None:
+    """Attach ``record`` to ``model`` (transformers: its config; timm: an attribute), or remove it (None)."""
     if _is_transformers(model):
         if record is not None:
             model.config.quantization_config = record
