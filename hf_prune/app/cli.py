@@ -26,6 +26,9 @@ __all__ = ["build_parser", "main"]
 
 REASONS_WIDTH = 160
 """Characters of joined reasons shown per table row before the rest is summarised as ``(+N more)``."""
+EXTRAS = {"datasets": "data", "sklearn": "data", "matplotlib": "data", "onnx": "onnx", "onnxruntime": "onnx",
+          "onnxscript": "onnx"}
+"""Optional packages a command may need, and the extra (pyproject.toml) that installs each."""
 PIPE_WIDTH = 200
 """Console width when stdout is not a terminal (rich would use 80 and wrap the reasons)."""
 
@@ -49,6 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (HfPruneError, PruningConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"error: hf-prune {args.command} needs {exc.name}, which is not installed: "
+              f"pip install 'hf_prune[{extra}]'", file=sys.stderr)
         return 2
 
 
