@@ -111,3 +111,13 @@ def test_import_is_light() -> None:
     lazy = run_python("import sys, hf_prune; hf_prune.PruningConfig; print('timm' in sys.modules, "
                       "hf_prune.PruningConfig.__module__)")
     assert lazy.stdout.split() == ["False", "hf_prune.config"]
+
+
+def test_an_unknown_repo_id_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network: fail at once
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(PrunedModelError, match=r"hf-prune-nobody/no-such-model: not a local directory, and the "
+                                               r"Hub has no such repository or cannot be reached"):
+        from_pretrained("hf-prune-nobody/no-such-model")
