@@ -132,7 +132,8 @@ def _usage(repo_id: str, library: str) -> str:
                 f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")')
     else:
         code = f'import hf_prune\n\nmodel = hf_prune.from_pretrained("{repo_id}")'
-    return f"## Usage\n\n```python\n{code}\n```"
+    return (f"## Usage\n\nThe stripped shapes are rebuilt by hf_prune (`pip install hf_prune`); without "
+            f"`import hf_prune`, transformers cannot load these weights.\n\n```python\n{code}\n```")
 
 
 def model_card(model: nn.Module, repo_id: str, *, base_model: str | None = None,
