@@ -180,3 +180,25 @@ def test_a_target_that_rounding_turns_into_nothing_is_an_error():
                                               example_inputs=x)
     ctrl.set_pruning_level(0.02)
     assert ctrl.levels_nonzero
+
+
+def test_in_place_activations_keep_channels_prunable_whatever_the_op_tags():
+    """torch tags some per-element ops as pointwise in one release and not in another (hardtanh_ is untagged
+    in torch 2.11, threshold_ in every release): the analysis must not depend on it."""
+
+    class Acts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(c, 16, 3, padding=1) for c in (3, 16, 16, 16, 16))
+            self.acts = nn.ModuleList([nn.ReLU6(inplace=True), nn.Hardsigmoid(inplace=True), nn.LeakyReLU(0.1),
+                                       nn.Threshold(0.1, 0.0, inplace=True)])
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            for conv, act in zip(self.convs, self.acts):
+                x = act(conv(x))
+            return self.head(self.convs[-1](x).mean((2, 3)))
+
+    analysis = hf_prune.analyze_model(Acts(), torch.randn(1, 3, 8, 8))
+    pruned_by = {m.module for g in analysis.prunable_groups for m in g.members if m.role == "out"}
+    assert {"convs.1", "convs.2", "convs.3"} <= pruned_by, analysis.unprunable_layers

@@ -155,14 +155,16 @@ def test_auto_multiple_meets_the_flops_target_on_the_rounded_grid():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_latency_target_on_cuda_bf16(tmp_path):
-    model = _resnet18().cuda()
+    # a workload the GPU is busy with (ResNet-18 at batch 64 is launch-bound on an H200: only 14% of its
+    # latency can be pruned away, so a 0.8 target is unreachable there)
+    model = randomize_norms(timm.create_model("resnet50")).cuda()
     path = tmp_path / "table.json"
     cfg = {"params": {"pruning_latency_target": 0.8, "channel_multiple": "auto", "deploy_dtype": "bfloat16",
                       "prune_first_conv": True, "prune_downsample_convs": True,
-                      "latency_batch_size": 64, "latency_table_path": str(path)}}
+                      "latency_batch_size": 256, "latency_table_path": str(path)}}
     ctrl = hf_prune.create_pruning_controller(model, cfg, example_inputs=torch.randn(1, 3, 224, 224, device="cuda"))
     key = json.loads(path.read_text())["key"]
-    assert key["device"] == torch.cuda.get_device_name() and key["dtype"] == "bfloat16" and key["batch_size"] == 64
+    assert key["device"] == torch.cuda.get_device_name() and key["dtype"] == "bfloat16" and key["batch_size"] == 256
     assert all(g.unit in (64, 32, 16, 8) for g in ctrl.groups.values()) and any(g.unit == 64 for g in ctrl.groups.values())
     ctrl.set_pruning_level(ctrl.target_level)
     assert 0.78 <= ctrl.predicted_latency_ms / ctrl.latency.dense <= 0.8 + 1e-9

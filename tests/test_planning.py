@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hf_prune.algorithm.latency import LayerTable, _monotone
-from hf_prune.algorithm.planning import fit_units, kept_count
+from hf_prune.algorithm.planning import FlopsCost, fit_units, kept_count, kept_fractions, minimal_plan, relax_units
 from hf_prune.graph.groups import PruningGroup
 
 
@@ -38,3 +38,28 @@ def test_layer_table_interpolates_between_measured_widths():
 def test_monotone_tables_never_make_a_narrower_layer_slower():
     disturbed = [[1.0, 50.0, 3.0], [2.0, 3.0, 4.0]]  # a busy machine delayed one measurement
     assert _monotone(disturbed) == [[1.0, 3.0, 3.0], [2.0, 3.0, 4.0]]
+
+
+def test_relax_units_makes_a_flops_target_reachable_on_a_coarse_grid():
+    """MobileNetV2 at multiple 64 (what `auto` picks for bf16 on CUDA) cannot lose half its FLOPs: on an
+    H200 `auto` made pruning_flops_target 0.5 unreachable (0.438 at most) before the units were relaxed."""
+    import timm
+    import torch
+
+    import hf_prune
+    from hf_prune.graph.groups import PruningPolicy
+
+    analysis = hf_prune.analyze_model(timm.create_model("mobilenetv2_100"), torch.randn(1, 3, 64, 64),
+                                      PruningPolicy(channel_multiple=64))
+    groups = analysis.prunable_groups
+    fit_units(groups)
+    cost = FlopsCost(analysis.flops_model)
+
+    def reachable() -> float:
+        by_id = {g.id: g for g in groups}
+        return 1 - cost.cost(kept_fractions(by_id, minimal_plan(by_id))) / cost.dense
+
+    assert reachable() < 0.5
+    relax_units(groups, cost, 0.5)
+    assert reachable() >= 0.5
+    assert all(g.unit >= 8 for g in groups) and max(g.unit for g in groups) < 64

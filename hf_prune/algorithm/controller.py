@@ -28,6 +28,7 @@ from .ranking import (
 )
 from .planning import (
     MAX_GLOBAL_GROUP_LEVEL, CostModel, FlopsCost, Plan, fit_units, kept_count, kept_fractions, minimal_plan,
+    relax_units,
     plan_for_cost, plan_for_level,
 )
 from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
@@ -572,6 +573,8 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
     analysis = analyze_model(model, example_inputs, pruning_policy(model, config))
     if config.params.channel_multiple == "auto":
         fit_units(analysis.prunable_groups)
+        if config.prune_flops:
+            relax_units(analysis.prunable_groups, FlopsCost(analysis.flops_model), config.target)
     if not analysis.prunable_groups and (config.target > 0 or config.pruning_init > 0):
         message = _nothing_prunable_message(model, analysis)
         if not allow_nothing_prunable:

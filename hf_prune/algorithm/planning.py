@@ -156,3 +156,15 @@ class PlanAt(Protocol):
 def minimal_plan(groups: Mapping[int, PruningGroup]) -> Plan:
     """Each group pruned as far as its rounding allows (what ``maximal_compression_rate`` measures)."""
     return {gid: kept_count(g, 1.0 - 1e-9) for gid, g in groups.items()}
+
+
+def relax_units(groups: list[PruningGroup], cost: CostModel, target: float, floor: int = MIN_AUTO_UNIT) -> None:
+    """Halve the units (down to ``floor``) while the rounding grid makes ``target`` unreachable:
+    ``channel_multiple: auto`` rounds for speed, never at the price of the target."""
+    by_id = {g.id: g for g in groups}
+    while by_id and 1.0 - cost.cost(kept_fractions(by_id, minimal_plan(by_id))) / cost.dense < target:
+        coarse = [g for g in groups if g.unit > floor and g.unit % 2 == 0]
+        if not coarse:
+            return
+        for g in coarse:
+            g.unit //= 2

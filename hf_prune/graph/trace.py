@@ -87,6 +87,14 @@ _IDENTITY = {
     aten.softplus, aten.elu, aten.elu_, aten.selu, aten.selu_, aten.celu, aten.celu_, aten.native_dropout,
     aten.dropout, aten.feature_dropout, aten.alpha_dropout, aten._fused_dropout,
 }
+_ELEMENTWISE = {
+    # Per-element ops whose torch.Tag.pointwise varies across torch releases (torch 2.11 leaves hardtanh_,
+    # hardsigmoid_ and leaky_relu untagged, so MobileNetV2's ReLU6 blocked every expansion channel there).
+    aten.hardtanh, aten.hardtanh_, aten.hardsigmoid, aten.hardsigmoid_, aten.leaky_relu, aten.leaky_relu_,
+    aten.gelu, aten.gelu_, aten.threshold, aten.threshold_, aten.relu, aten.relu_, aten.silu, aten.silu_,
+    aten.sigmoid, aten.sigmoid_, aten.tanh, aten.tanh_, aten.clamp, aten.clamp_, aten.clamp_min, aten.clamp_min_,
+    aten.clamp_max, aten.clamp_max_,
+}
 _VIEW_LIKE = {
     aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten,
     aten.view_as, aten.reshape_as,
@@ -163,7 +171,8 @@ class _Tracer(TorchDispatchMode):
             aten.constant_pad_nd: self._pad, aten.copy_: self._pointwise,
             aten.as_strided: self._restride, aten.as_strided_: self._restride,
         }
-        for ops, rule in ((_IDENTITY, self._identity), (_VIEW_LIKE, self._reshape), (_SPATIAL_OPS, self._spatial),
+        for ops, rule in ((_IDENTITY, self._identity), (_ELEMENTWISE, self._pointwise), (_VIEW_LIKE, self._reshape),
+                          (_SPATIAL_OPS, self._spatial),
                           (_REDUCTIONS, self._reduction), (_SOFTMAX, self._softmax),
                           (_BATCH_NORMS, self._batch_norm), (_SDPA, self._sdpa)):
             for op in ops:
