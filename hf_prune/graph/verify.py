@@ -66,8 +66,9 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
         if failure is None:
             return
         if len(subset) == 1:
+            heads = f"the heads of {subset[0].attention} cannot be removed: " if subset[0].attention else ""
             subset[0].prunable = False
-            subset[0].reasons.append(f"strip check: {failure}")
+            subset[0].reasons.append(f"strip check: {heads}{failure}")
             return
         half = len(subset) // 2
         left, right = subset[:half], subset[half:]
