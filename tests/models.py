@@ -53,6 +53,16 @@ HF_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
         vision_config=_VIT_SIZES, text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                    intermediate_size=64), num_labels=10)),
 }
+TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
+    "timm_beit": lambda: timm.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2,
+                                           num_heads=4, num_classes=10),
+    "timm_eva02": lambda: timm.create_model("eva02_tiny_patch14_224", img_size=32, patch_size=8, embed_dim=64,
+                                            depth=2, num_heads=4, num_classes=10),
+}
+"""timm architectures at a small size (32×32 images)."""
+COVERAGE_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_clip",
+                   "hf_siglip", "timm_beit", "timm_eva02"]
+"""The rows of docs/coverage.md (docs/generate.py)."""
 HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin",
                "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
 """Architectures whose attention heads are pruned."""
@@ -70,6 +80,8 @@ def build(name: str) -> tuple[torch.nn.Module, Any, Callable[[torch.nn.Module, A
         size = getattr(config, "image_size", 64)
         inputs = {"pixel_values": torch.randn(2, 3, size, size)}
         return model, inputs, lambda m, x: m(**x).logits
+    if name in TIMM_SMALL:
+        return TIMM_SMALL[name]().eval(), torch.randn(2, 3, 32, 32), lambda m, x: m(x)
     kwargs: dict[str, Any] = {"num_classes": 10}
     if name.startswith(("vit_", "deit_")):
         kwargs["img_size"] = 64
