@@ -526,27 +526,33 @@ class _Tracer(TorchDispatchMode):
         """``x[..., idx, ...]``: indexed dimensions are blocked, the others keep their labels (a per-head table
         gathered by relative positions keeps its head dimension)."""
         t, indices = args[0], list(args[1])
-        x = self.info(t)
         where = self.where(self.last_op)
-        indexed = [d for d, i in enumerate(indices) if i is not None]
         idx = _tensors(indices)
         self.block_all(idx, f"used as indices by {where}")
-        if any(i.dtype in (torch.bool, torch.uint8) for i in idx):  # a boolean mask: data-dependent shape
-            self.block_all([t], f"indexed by a mask in {where}")
-            self.set(out, self.fresh(out, f"produced by {where}"), op=self.last_op)
-            return
+        labels = None
+        if not any(i.dtype in (torch.bool, torch.uint8) for i in idx):  # a mask's output shape is data-dependent
+            labels = self._gather_labels(self.info(t), [d for d, i in enumerate(indices) if i is not None],
+                                         len(indices), out, where)
+        if labels is None:
+            self.block_all([t], f"indexed irregularly by {where}")
+            labels = self.fresh(out, f"produced by {where}")
+        self.set(out, labels, op=self.last_op)
+
+    def _gather_labels(self, x: TensorInfo, indexed: list[int], n: int, out: torch.Tensor,
+                       where: str) -> list[Label] | None:
         for d in indexed:
             self.table.block_label(x.labels[d], f"indexed by {where}")
-        rest = list(x.labels[len(indices):])
         first, last = indexed[0], indexed[-1]
         if indexed == list(range(first, last + 1)):  # adjacent: the gathered dimensions replace them in place
-            lead, tail = list(x.labels[:first]), [lab for d, lab in enumerate(x.labels[:len(indices)]) if d > last]
+            lead, tail = list(x.labels[:first]), list(x.labels[last + 1:n])
         else:  # torch puts the gathered dimensions first
-            lead, tail = [], [lab for d, lab in enumerate(x.labels[:len(indices)]) if d not in indexed]
-        kept = lead + tail + rest
-        gathered = out.dim() - len(kept)
-        labels = lead + [self.table.new_label(n, f"produced by {where}") for n in out.shape[len(lead):len(lead) + gathered]]
-        self.set(out, labels + tail + rest, op=self.last_op)
+            lead, tail = [], [lab for d, lab in enumerate(x.labels[:n]) if d not in indexed]
+        tail += x.labels[n:]
+        gathered = out.dim() - len(lead) - len(tail)
+        if gathered < 0:
+            return None
+        new = [self.table.new_label(s, f"produced by {where}") for s in out.shape[len(lead):len(lead) + gathered]]
+        return lead + new + tail
 
     def _cat(self, func, args, kwargs, out):
         dim = (args[1] if len(args) > 1 else kwargs.get("dim", 0)) % out.dim()
