@@ -124,3 +124,25 @@ def test_grouped_query_attention_is_refused_with_a_reason():
     assert q_groups and not any(g.prunable for g in q_groups)
     assert any("grouped-query attention (4 query heads, 2 key/value heads)" in r for g in q_groups for r in g.reasons)
     assert any(g.prunable for g in analysis.groups if g.producers == ["proj"])  # the rest still prunes
+
+
+class _GroupedLinear(nn.Module):
+    """A projection reshaped into 4 × 16 and mixed per group by a shared weight: a reshape split, no heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 64)
+        self.mix = nn.Parameter(torch.randn(16, 16))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (self.fc(x).view(x.shape[0], 4, 16) @ self.mix).flatten(1)
+        return self.head(y.relu())
+
+
+def test_a_reshape_that_is_not_a_head_split_is_refused_with_a_reason():
+    analysis = hf_prune.analyze_model(_GroupedLinear().eval(), torch.randn(1, 32))
+    fc = [g for g in analysis.groups if g.producers == ["fc"]]
+    assert fc and not any(g.prunable or g.attention for g in fc)
+    assert any("split by a reshape in <model> (_GroupedLinear), which is not a split into attention heads" in r
+               for g in fc for r in g.reasons), [g.reasons for g in fc]
