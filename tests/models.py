@@ -8,11 +8,13 @@ import timm
 import torch
 from transformers import (
     BeitConfig, BeitForImageClassification, CLIPConfig, CLIPForImageClassification, ConvNextConfig,
-    ConvNextForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification, Dinov2Config,
-    Dinov2ForImageClassification, EfficientNetConfig, EfficientNetForImageClassification, MobileNetV2Config,
-    MobileNetV2ForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig,
-    ResNetForImageClassification, SiglipConfig, SiglipForImageClassification, SwinConfig,
-    SwinForImageClassification, ViTConfig, ViTForImageClassification, ViTMSNConfig, ViTMSNForImageClassification,
+    ConvNextForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification, DeiTConfig,
+    DeiTForImageClassification, Dinov2Config, Dinov2ForImageClassification, EfficientNetConfig,
+    EfficientNetForImageClassification, IJepaConfig, IJepaForImageClassification, MobileNetV2Config,
+    MobileNetV2ForImageClassification, MobileViTConfig, MobileViTForImageClassification, PvtConfig,
+    PvtForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification,
+    SiglipConfig, SiglipForImageClassification, SwinConfig, SwinForImageClassification, Swinv2Config,
+    Swinv2ForImageClassification, ViTConfig, ViTForImageClassification, ViTMSNConfig, ViTMSNForImageClassification,
 )
 
 TIMM_MODELS = [
@@ -46,6 +48,12 @@ HF_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "hf_vit_msn": lambda: ViTMSNForImageClassification(ViTMSNConfig(**_VIT_SIZES, num_labels=10)),
     "hf_swin": lambda: SwinForImageClassification(SwinConfig(
         image_size=32, patch_size=4, embed_dim=32, depths=[1, 2], num_heads=[2, 4], window_size=4, num_labels=10)),
+    "hf_swinv2": lambda: Swinv2ForImageClassification(Swinv2Config(
+        image_size=32, patch_size=4, embed_dim=32, depths=[1, 2], num_heads=[2, 4], window_size=4, num_labels=10)),
+    "hf_deit": lambda: DeiTForImageClassification(DeiTConfig(**_VIT_SIZES, num_labels=10)),
+    "hf_ijepa": lambda: IJepaForImageClassification(IJepaConfig(**_VIT_SIZES, num_labels=10)),
+    "hf_pvt": lambda: PvtForImageClassification(PvtConfig(image_size=32, num_labels=10)),
+    "hf_mobilevit": lambda: MobileViTForImageClassification(MobileViTConfig(image_size=32, num_labels=10)),
     "hf_clip": lambda: CLIPForImageClassification(CLIPConfig(
         vision_config=_VIT_SIZES, text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                    intermediate_size=64), num_labels=10)),
@@ -60,10 +68,11 @@ TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
                                             depth=2, num_heads=4, num_classes=10),
 }
 """timm architectures at a small size (32×32 images)."""
-COVERAGE_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_clip",
-                   "hf_siglip", "timm_beit", "timm_eva02"]
+COVERAGE_MODELS = ["hf_vit", "hf_deit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_ijepa",
+                   "hf_swin", "hf_swinv2", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_beit", "timm_eva02"]
 """The rows of docs/coverage.md (docs/generate.py)."""
-HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin",
+HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_swinv2",
+               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit",
                "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
 """Architectures whose attention heads are pruned."""
 HEADS_REFUSED = {"hf_clip": "CLIPAttention", "hf_siglip": "SiglipAttention"}
