@@ -97,7 +97,26 @@ def _coverage_row(name: str) -> str:
     exact = "yes" if diff <= 1e-4 and params == round(ctrl.current_params) else "**no**"
     kept = params / sum(p.numel() for p in model.parameters())
     return (f"| `{name}` | `{type(model).__name__}` | {len(prunable)}/{len(analysis.groups)} | {share:.0%} | "
-            f"{head_cell} | {exact} | {kept:.2f} |")
+            f"{head_cell} | {exact} | {kept:.2f} | {_reload_cell(stripped, inputs, logits)} |")
+
+
+def _reload_cell(stripped: Any, inputs: Any, logits: Any) -> str:
+    """'yes' if a save and reload (hf_prune's) gives the same logits, else why not."""
+    import tempfile
+
+    import torch
+
+    from hf_prune.integrations.serialization import from_pretrained, save_pretrained
+
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            save_pretrained(stripped, directory)
+            loaded = from_pretrained(directory).eval()
+        except Exception as exc:  # noqa: BLE001 - the matrix shows the failure
+            return f"no ({type(exc).__name__}: {str(exc).split(': ', 1)[-1][:70]})"
+        with torch.no_grad():
+            same = torch.allclose(logits(loaded, inputs), logits(stripped, inputs), rtol=1e-6, atol=1e-6)
+    return "yes" if same else "**no** (different outputs)"
 
 
 def coverage() -> str:
@@ -112,10 +131,11 @@ def coverage() -> str:
         "Per architecture (small random configs, no downloads): the prunable groups of all groups found, the",
         "share of the model's FLOPs that depends on a prunable group, whether attention heads are pruned",
         "(else why not), whether the strip at 30% of filters is exact (stripped == masked within 1e-4 of the",
-        "output scale, parameters as predicted) and the fraction of parameters it keeps.",
+        "output scale, parameters as predicted), the fraction of parameters it keeps, and whether the stripped",
+        "model saves and reloads (`hf_prune.integrations.serialization`) with the same outputs.",
         "",
-        "| model | class | prunable groups | FLOPs prunable | heads pruned | exact strip | params kept at 30% |",
-        "|---|---|---|---|---|---|---|",
+        "| model | class | prunable groups | FLOPs prunable | heads pruned | exact strip | params kept at 30% | reload |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [_coverage_row(name) for name in COVERAGE_MODELS]
     return "\n".join(lines) + "\n"
