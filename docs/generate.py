@@ -80,7 +80,7 @@ def _coverage_row(name: str) -> str:
     analysis = ctrl.analysis
     prunable = analysis.prunable_groups
     share = 1 - analysis.flops_model.flops({g.space: 0.0 for g in prunable}) / analysis.dense_flops
-    heads = [g for g in analysis.groups if g.attention]
+    heads = [g for g in analysis.groups if g.attention is not None]
     pruned_heads = [g for g in heads if g.prunable]
     if not heads:
         head_cell = "none found"

@@ -35,7 +35,7 @@ def _controller(model: nn.Module, inputs) -> hf_prune.FilterPruningController:
 
 
 def _head_groups(ctrl) -> dict[int, object]:
-    return {gid: g for gid, g in ctrl.groups.items() if g.attention}
+    return {gid: g for gid, g in ctrl.groups.items() if g.attention is not None}
 
 
 @pytest.mark.parametrize("name", [n for n in HEAD_MODELS if n in HF_MODELS])
@@ -80,7 +80,7 @@ def test_pruned_heads_reload(tmp_path: Path, name):
 def test_heads_that_cannot_be_stripped_are_refused_with_a_reason(name):
     model, inputs, _ = build(name)
     analysis = hf_prune.analyze_model(model, first(inputs))
-    heads = [g for g in analysis.groups if g.attention]
+    heads = [g for g in analysis.groups if g.attention is not None]
     assert heads and not any(g.prunable for g in heads)
     for g in heads:
         assert any(f"the heads of {g.attention} cannot be removed" in r for r in g.reasons), g.reasons
@@ -93,18 +93,20 @@ def test_fused_qkv_with_concatenated_biases_is_split_into_heads():
     model = timm.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2,
                               num_heads=4, num_classes=10).eval()
     analysis = hf_prune.analyze_model(model, torch.randn(1, 3, 32, 32))
-    heads = [g for g in analysis.groups if g.attention]
+    heads = [g for g in analysis.groups if g.attention is not None]
     assert [g.attention for g in heads] == ["blocks.0.attn", "blocks.1.attn"]
     assert all(g.size == 4 and {"blocks.0.attn.qkv", "blocks.1.attn.qkv"} & set(g.producers) for g in heads)
     assert not any("incompatible" in r for g in analysis.groups for r in g.reasons)
 
 
 class _GroupedQueryAttention(nn.Module):
-    """4 query heads sharing 2 key/value heads (``enable_gqa``)."""
+    """4 query heads sharing 2 key/value heads: through SDPA's ``enable_gqa``, or repeated (transformers'
+    ``repeat_kv``: expand + reshape) before an eager attention."""
 
-    def __init__(self, dim: int = 32, heads: int = 4, kv_heads: int = 2) -> None:
+    def __init__(self, repeat_kv: bool, dim: int = 32, heads: int = 4, kv_heads: int = 2) -> None:
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.repeat_kv, self.heads, self.kv_heads, self.head_dim = repeat_kv, heads, kv_heads, dim // heads
+        self.num_key_value_groups = heads // kv_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * kv_heads * self.head_dim)
         self.proj = nn.Linear(dim, dim)
@@ -114,15 +116,22 @@ class _GroupedQueryAttention(nn.Module):
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(x).view(b, n, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True).transpose(1, 2).reshape(b, n, -1)
-        return self.head(self.proj(y).relu().mean(1))
+        if self.repeat_kv:
+            k, v = (t[:, :, None].expand(b, self.kv_heads, self.num_key_value_groups, n, self.head_dim)
+                    .reshape(b, self.heads, n, self.head_dim) for t in (k, v))
+            y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.head(self.proj(y.transpose(1, 2).reshape(b, n, -1)).relu().mean(1))
 
 
-def test_grouped_query_attention_is_refused_with_a_reason():
-    analysis = hf_prune.analyze_model(_GroupedQueryAttention().eval(), torch.randn(1, 5, 32))
+@pytest.mark.parametrize("repeat_kv", [False, True])
+def test_grouped_query_attention_is_refused_with_a_reason(repeat_kv):
+    analysis = hf_prune.analyze_model(_GroupedQueryAttention(repeat_kv).eval(), torch.randn(1, 5, 32))
     q_groups = [g for g in analysis.groups if "q" in g.producers]
     assert q_groups and not any(g.prunable for g in q_groups)
-    assert any("grouped-query attention (4 query heads, 2 key/value heads)" in r for g in q_groups for r in g.reasons)
+    reason = "attention heads are split into groups" if repeat_kv else "grouped-query attention (4 query heads, 2 key"
+    assert any(reason in r for g in q_groups for r in g.reasons), [g.reasons for g in q_groups]
     assert any(g.prunable for g in analysis.groups if g.producers == ["proj"])  # the rest still prunes
 
 
@@ -143,6 +152,6 @@ class _GroupedLinear(nn.Module):
 def test_a_reshape_that_is_not_a_head_split_is_refused_with_a_reason():
     analysis = hf_prune.analyze_model(_GroupedLinear().eval(), torch.randn(1, 32))
     fc = [g for g in analysis.groups if g.producers == ["fc"]]
-    assert fc and not any(g.prunable or g.attention for g in fc)
+    assert fc and not any(g.prunable or g.attention is not None for g in fc)
     assert any("split by a reshape in <model> (_GroupedLinear), which is not a split into attention heads" in r
                for g in fc for r in g.reasons), [g.reasons for g in fc]

@@ -44,7 +44,7 @@ class PruningGroup:
     reasons: list[str]
     flops: float  # dense FLOPs removed if the whole group were removed
     unit: int = 1  # kept channels are rounded to a multiple of this (in units of the group's index)
-    attention: str = ""  # the module whose attention heads the group's channels are ("" if not heads)
+    attention: str | None = None  # the module whose attention heads the group's channels are (None: not heads)
 
     @property
     def producers(self) -> list[str]:
@@ -58,7 +58,7 @@ class PruningGroup:
         return {
             "id": self.id, "channels": self.size, "prunable": self.prunable, "reasons": self.reasons,
             "producers": self.producers, "consumers": self.consumers, "flops": self.flops,
-            "attention_heads_of": self.attention or None,
+            "attention_heads_of": self.attention,
             "members": [{"param": m.param, "dim": m.dim, "role": m.role} for m in self.members],
         }
 
@@ -147,6 +147,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
     targeted = (_scope_matcher(policy.target_scopes, model, "target_scopes", policy.validate_scopes)
                 if policy.target_scopes else None)
     heads = head_leaves(trace)
+    head_roots = {T.find(s) for lab in trace.head_labels for s in lab}
 
     roles: dict[tuple[str, int], str] = {}
     for u in trace.uses:
@@ -183,7 +184,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
         if T.size(leaf) < 2 or not any(m.role == "out" for m in mems):
             continue
         reasons = T.reasons(leaf) + policy_reasons.get(leaf, [])
-        reasons += _split_reasons(T, leaf, heads, trace.module_classes)
+        reasons += _split_reasons(T, leaf, heads, head_roots, trace.module_classes)
         producers = sorted({m.module for m in mems if m.role == "out"})
         for p in producers:
             hit = ignored(p)
@@ -194,7 +195,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
         groups.append(PruningGroup(
             id=0, space=leaf, size=T.size(leaf), members=mems, prunable=not reasons, reasons=reasons,
             flops=flops.get(leaf, 0.0), unit=_rounding_unit(T, trace, leaf, mems, policy.channel_multiple),
-            attention=_attention_module(T, leaf) if leaf in heads else "",
+            attention=_attention_module(T, leaf) if leaf in heads else None,
         ))
     order = {name: i for i, name in enumerate(trace.param_labels)}
     groups.sort(key=lambda g: min(order[m.param] for m in g.members if m.role == "out"))
@@ -214,10 +215,14 @@ def _attention_module(T: SpaceTable, leaf: int) -> str:
     return next((d.site.module for _, d in T.ancestors(leaf) if d is not None and d.site.cause == "reshape"), "")
 
 
-def _split_reasons(T: SpaceTable, leaf: int, heads: set[int], classes: dict[str, str]) -> list[str]:
+def _split_reasons(T: SpaceTable, leaf: int, heads: set[int], head_roots: set[int],
+                   classes: dict[str, str]) -> list[str]:
     """Reasons from reshapes that split channels: only the heads of attention may be pruned through one."""
     reasons: list[str] = []
     if leaf in heads:
+        if any(p in head_roots for p in T.parents(leaf)):  # a head space split into groups of heads
+            reasons.append("attention heads are split into groups (grouped-query attention: query heads share "
+                           "key/value heads), which are not pruned")
         return reasons
     for _, d in T.ancestors(leaf):
         if d is None or d.site.cause != "reshape":
