@@ -66,13 +66,18 @@ TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
                                            num_heads=4, num_classes=10),
     "timm_eva02": lambda: timm.create_model("eva02_tiny_patch14_224", img_size=32, patch_size=8, embed_dim=64,
                                             depth=2, num_heads=4, num_classes=10),
+    "timm_swin": lambda: timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, embed_dim=32,
+                                           depths=(1, 1), num_heads=(2, 4), window_size=4, num_classes=10),
+    "timm_cait": lambda: timm.create_model("cait_xxs24_224", img_size=32, patch_size=8, embed_dim=64, depth=2,
+                                           num_heads=4, depth_token_only=1, num_classes=10),
 }
 """timm architectures at a small size (32×32 images)."""
 COVERAGE_MODELS = ["hf_vit", "hf_deit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_ijepa",
-                   "hf_swin", "hf_swinv2", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_beit", "timm_eva02"]
+                   "hf_swin", "hf_swinv2", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_swin", "timm_beit", "timm_eva02",
+                   "timm_cait"]
 """The rows of docs/coverage.md (docs/generate.py)."""
 HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_swinv2",
-               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit",
+               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "timm_swin",
                "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
 """Architectures whose attention heads are pruned."""
 HEADS_REFUSED = {"hf_clip": "CLIPAttention", "hf_siglip": "SiglipAttention"}

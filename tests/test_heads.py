@@ -16,7 +16,7 @@ from hf_prune.graph.adapters import int_attributes
 from hf_prune.integrations.serialization import from_pretrained, save_pretrained
 
 from conftest import randomize_norms
-from models import HEAD_MODELS, HEADS_REFUSED, HF_MODELS, build, first
+from models import HEAD_MODELS, HEADS_REFUSED, build, first
 
 
 def _randomized(name: str) -> tuple[nn.Module, object, object]:
@@ -38,7 +38,7 @@ def _head_groups(ctrl) -> dict[int, object]:
     return {gid: g for gid, g in ctrl.groups.items() if g.attention is not None}
 
 
-@pytest.mark.parametrize("name", [n for n in HEAD_MODELS if n in HF_MODELS])
+@pytest.mark.parametrize("name", HEAD_MODELS)
 def test_heads_are_pruned_exactly(name):
     model, inputs, logits = _randomized(name)
     ctrl = _controller(model, inputs)
