@@ -8,6 +8,8 @@ equal to an old size of a split space to the new size, whatever the class calls 
 
 from __future__ import annotations
 
+from typing import Collection, Mapping
+
 from torch import nn
 
 WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -47,7 +49,7 @@ def int_attributes(module: nn.Module) -> dict[str, int]:
     return {k: v for k, v in vars(module).items() if not k.startswith("_") and type(v) is int}
 
 
-def resize_attributes(module: nn.Module, sizes: dict[int, int], unchanged: set[int] = frozenset()) -> None:
+def resize_attributes(module: nn.Module, sizes: Mapping[int, int], unchanged: Collection[int] = ()) -> None:
     """Set each integer attribute of ``module`` whose value is an old size in ``sizes`` to the new size.
 
     ``unchanged`` are sizes of split factors that keep their size (the per-head width): where one equals a
