@@ -76,6 +76,27 @@ def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
     return timm.create_model(name, pretrained=False)
 
 
+def randomize_norms(model: Any, seed: int = 0) -> Any:
+    """Random affine parameters and running statistics for every norm layer (same seed, same values).
+
+    timm zero-initialises the last BatchNorm gamma of residual branches: on random weights whole
+    branches would vanish (and an exporter would fold them away).
+    """
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+                for name, low, span in (("weight", 0.5, 1.0), ("bias", -0.5, 1.0), ("running_mean", -0.2, 0.4),
+                                        ("running_var", 0.5, 1.0)):
+                    t = getattr(module, name, None)
+                    if t is not None:
+                        t.copy_(torch.rand(t.shape, generator=g) * span + low)
+    return model
+
+
 def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
                quick_repeats: int) -> argparse.Namespace:
     """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats)."""

@@ -15,12 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import Column, alternate, medians, minima, parse_args, report, timed, timm_model
+from common import Column, alternate, medians, minima, parse_args, randomize_norms, report, timed, timm_model
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from hf_prune import PruningConfig, create_pruning_controller
 from hf_prune.integrations.onnx import export_onnx
@@ -50,20 +49,6 @@ NOTES = [
     "224×224 inputs; export through `hf_prune.export_onnx` (Optimum), which checks ONNX Runtime "
     "against PyTorch.",
 ]
-
-
-def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random affine parameters and running statistics for every norm layer (same seed, same values)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-                for name, low, span in (("weight", 0.5, 1.0), ("bias", -0.5, 1.0), ("running_mean", -0.2, 0.4),
-                                        ("running_var", 0.5, 1.0)):
-                    t = getattr(module, name, None)
-                    if t is not None:
-                        t.copy_(torch.rand(t.shape, generator=g) * span + low)
-    return model
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:

@@ -90,10 +90,11 @@ class LegrParams(_Section):
 
 
 class PruningParams(_Section):
-    """NNCF ``filter_pruning`` ``params``, plus two hf_prune extensions.
+    """NNCF ``filter_pruning`` ``params``, plus hf_prune extensions.
 
-    The hf_prune extensions, unknown to NNCF, are ``channel_multiple`` and
-    ``regularization_weight``.
+    The hf_prune extensions, unknown to NNCF, are ``channel_multiple``, ``regularization_weight``
+    and the hardware-aware keys (``pruning_latency_target``, ``deploy_device``, ``deploy_dtype``,
+    ``latency_batch_size``, ``latency_table_path``).
     """
 
     schedule: Literal["exponential", "exponential_with_bias", "baseline"] = Field(
@@ -120,14 +121,48 @@ class PruningParams(_Section):
     legr_params: LegrParams = Field(default_factory=LegrParams, description="LeGR search parameters.")
     save_ranking_coeffs_path: str | None = Field(None, description="Where to save learned ranking coefficients.")
     load_ranking_coeffs_path: str | None = Field(None, description="Where to load ranking coefficients from.")
-    channel_multiple: WholeInt = Field(
+    channel_multiple: int | Literal["auto"] = Field(
         8,
-        ge=1,
-        description="hf_prune extension: round kept channels to this multiple where the layer is large enough.",
+        description="hf_prune extension: round kept channels to this multiple (an integer >= 1) where the layer "
+        "is large enough; 'auto' picks it for deploy_device/deploy_dtype (64 for bf16/fp16 on CUDA, 32 for fp32 "
+        "on CUDA, 16 on AVX-512 CPUs and 8 on other CPUs, for ONNX Runtime) and rounds groups smaller than "
+        "that multiple to a power-of-two fraction of it (at least 8).",
     )
     regularization_weight: float = Field(
         0.0, ge=0, description="hf_prune extension: weight of the optional group-sparsity loss (0 disables it)."
     )
+    # --- hf_prune extension: hardware-aware pruning (latency target, deployment device) ---
+    pruning_latency_target: float | None = Field(
+        None, gt=0, lt=1, description="hf_prune extension: target latency as a fraction of the dense model's, "
+        "predicted by a per-layer latency table measured on deploy_device; excludes the other targets.")
+    deploy_device: str | None = Field(
+        None, description="hf_prune extension: device the pruned model will run on ('cpu', 'cuda', 'cuda:1'); "
+        "default: the device of the model's parameters. Used by channel_multiple 'auto' and the latency table.")
+    deploy_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="hf_prune extension: dtype the pruned model will run in; default: the dtype of the "
+        "model's parameters (set it when training in fp32 with bf16/fp16 autocast).")
+    latency_batch_size: int = Field(1, ge=1, description="hf_prune extension: batch size of the latency table.")
+    latency_table_path: str | None = Field(
+        None, description="hf_prune extension: JSON file caching the latency table (measured again when the model, "
+        "device, dtype, batch size or torch version differ); default: ~/.cache/hf_prune/latency/<key>.json.")
+
+    @field_validator("channel_multiple", mode="before")
+    @classmethod
+    def _multiple_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PydanticCustomError("multiple", "expected an integer >= 1 or 'auto'", {"got": repr(value)})
+        return value
+
+    @model_validator(mode="after")
+    def _latency_target_alone(self) -> PruningParams:
+        if self.pruning_latency_target is not None and (self.pruning_target or self.pruning_flops_target):
+            other = "pruning_target" if self.pruning_target else "pruning_flops_target"  # 0 is unset, as in NNCF
+            raise PydanticCustomError(
+                "conflicting_targets", "set only one of 'pruning_target', 'pruning_flops_target', 'pruning_latency_target'",
+                {"got": f"{other} and pruning_latency_target {self.pruning_latency_target!r}"})
+        return self
 
     @field_validator("pruning_target", mode="before")
     @classmethod
@@ -188,9 +223,12 @@ class PruningParams(_Section):
 
     @property
     def target(self) -> float:
-        """The effective target: FLOPs target if set, else filter target, else 0.5."""
+        """The effective target level: FLOPs target if set, else the latency reduction (1 -
+        pruning_latency_target) if set, else filter target, else 0.5."""
         if self.pruning_flops_target is not None:
             return self.pruning_flops_target
+        if self.pruning_latency_target is not None:
+            return 1.0 - self.pruning_latency_target
         if self.pruning_target is not None:
             return self.pruning_target
         return DEFAULT_PRUNING_TARGET
@@ -266,8 +304,13 @@ class PruningConfig(_Section):
         return self.params.pruning_flops_target is not None
 
     @property
+    def prune_latency(self) -> bool:
+        """Whether the target is a latency (``pruning_latency_target``); the level is then a latency reduction."""
+        return self.params.pruning_latency_target is not None
+
+    @property
     def target(self) -> float:
-        """The effective target: FLOPs target if set, else filter target, else 0.5."""
+        """The effective target level (see :attr:`PruningParams.target`)."""
         return self.params.target
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,11 @@ def test_bad_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing config.json" in err and "Traceback" not in err
+
+
+def test_a_missing_extra_is_named(saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the `onnx` extra were not installed
+    assert main(["export", str(saved), "--onnx", str(tmp_path / "onnx")]) == 2
+    assert "hf-prune export needs onnxruntime, which is not installed: pip install 'hf_prune[onnx]'" in \
+        capsys.readouterr().err

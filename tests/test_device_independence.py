@@ -170,3 +170,13 @@ def test_compiled_model_follows_mask_changes():
     # a compiled model can be given to the controller directly
     ctrl2 = hf_prune.create_pruning_controller(compiled, CONFIG, example_inputs=x[:1])
     assert ctrl2.model is model and ctrl2.groups
+
+
+def test_a_target_that_rounding_turns_into_nothing_is_an_error():
+    x = torch.randn(1, 3, 160, 160)
+    with pytest.raises(hf_prune.NothingPrunableError, match="pruning_target 0.02 removes no channel.*multiple 8"):
+        hf_prune.create_pruning_controller(_resnet(), {"params": {"pruning_target": 0.02}}, example_inputs=x)
+    ctrl = hf_prune.create_pruning_controller(_resnet(), {"params": {"pruning_target": 0.02, "channel_multiple": 1}},
+                                              example_inputs=x)
+    ctrl.set_pruning_level(0.02)
+    assert ctrl.levels_nonzero

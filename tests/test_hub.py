@@ -119,13 +119,20 @@ def test_pruning_trainer_push_to_hub(hub: list[dict[str, Any]], tmp_path: Path) 
     from scripts.common import digits, tiny_resnet, training_args
 
     data = digits(limit=64)
-    trainer = PruningTrainer(tiny_resnet(), training_args(tmp_path, num_train_epochs=2), train_dataset=data.train,
+    args = training_args(tmp_path, num_train_epochs=2, hub_model_id="me/tiny-pruned")
+    trainer = PruningTrainer(tiny_resnet(), args, train_dataset=data.train,
                              pruning_config={"params": {"pruning_target": 0.5, "pruning_steps": 1, "channel_multiple": 4}})
     trainer.train()
-    trainer.push_to_hub("me/tiny-pruned", recipe={"pruning": {"params": {"pruning_target": 0.5}}})
+    # Trainer.push_to_hub's signature: commit_message first, then blocking, token, revision
+    trainer.push_to_hub("Pruned to half", True, None, "v1", recipe={"pruning": {"params": {"pruning_target": 0.5}}})
     upload = hub[-1]
-    assert upload["repo_id"] == "me/tiny-pruned" and "README.md" in upload["files"]
+    assert (upload["repo_id"], upload["commit_message"], upload["revision"]) == ("me/tiny-pruned", "Pruned to half", "v1")
+    assert "README.md" in upload["files"]
     small = trainer.strip_model()
     assert_same(upload["model"], small)
     assert {"hf_prune", "pruned", "filter-pruning"} <= set(upload["card"].data.tags)
     assert "pruning_target: 0.5" in upload["card"].text
+    trainer.args.push_to_hub = True  # Trainer.save_model pushes through it
+    trainer.save_model(tmp_path / "final")
+    assert hub[-1]["commit_message"] == "Model save" and len(hub) == 2
+    assert trainer.push_to_hub(blocking=False).result() == "https://huggingface.co/me/tiny-pruned/commit/0"

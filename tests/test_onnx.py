@@ -1,8 +1,10 @@
-"""ONNX export through Optimum, dense and stripped, transformers and timm, checked by ONNX Runtime."""
+"""ONNX export (Optimum's exporter on the optimum stack, torch.onnx's on the default one), dense and
+stripped, transformers and timm, checked by ONNX Runtime."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from hf_prune.algorithm.controller import has_pruning_masks
-from hf_prune.integrations.onnx import OnnxExportError, check_onnx, export_onnx
+from hf_prune.integrations.onnx import OnnxExportError, check_onnx, export_onnx, exporter
 from hf_prune.integrations.serialization import PrunedModelError, logits, save_pretrained
 
 from test_serialization import images, pruned
@@ -35,6 +37,14 @@ def test_dense_and_stripped_exports_match_pytorch(tmp_path: Path, name: str) -> 
         sizes.append(path.stat().st_size)
     assert sizes[1] < 0.8 * sizes[0]
     assert name.startswith("hf_") or not hasattr(small, "config")  # Optimum's timm config went to a copy
+
+
+def test_the_exporter_follows_the_installed_extra() -> None:
+    optimum_installed = importlib.util.find_spec("optimum") is not None
+    assert exporter() == ("optimum" if optimum_installed else "torch")
+    import transformers
+
+    assert optimum_installed == transformers.__version__.startswith("4.")  # the two stacks `make test` runs
 
 
 def test_export_from_a_saved_directory(tmp_path: Path) -> None:
@@ -62,3 +72,11 @@ def test_mismatch_fails_loudly(tmp_path: Path) -> None:
         other.fc.bias.add_(1.0)
     with pytest.raises(OnnxExportError, match=r"model\.onnx: ONNX Runtime's logits differ from PyTorch's by up to 1"):
         check_onnx(other, path)
+
+
+def test_convnet_export_takes_other_image_sizes(tmp_path: Path) -> None:
+    _, _, small = pruned("timm_resnet")
+    path = export_onnx(small, tmp_path / "onnx")
+    x = torch.randn(1, 3, 48, 40)  # neither the export's size nor its batch
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)

@@ -20,7 +20,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 import hf_prune
 from hf_prune.algorithm.controller import STRIP_HOOKS, has_pruning_masks
 from hf_prune.app.models import ModelLoadError, load_model
-from hf_prune.integrations import serialization
+from hf_prune.integrations import loader, serialization
 from hf_prune.integrations.serialization import (
     PrunedModelError, from_pretrained, load_pruning_controller, logits, pruning_record, save_pretrained,
 )
@@ -104,9 +104,9 @@ def test_transformers_entry_points_train_and_save_again(tmp_path: Path) -> None:
 
 
 def test_registration_happens_once() -> None:
-    serialization._register()
-    assert AUTO_QUANTIZER_MAPPING["hf_prune"] is serialization.PrunedShapesLoader
-    assert AUTO_QUANTIZATION_CONFIG_MAPPING["hf_prune"] is serialization.PrunedShapesConfig
+    serialization.register_hooks()
+    assert AUTO_QUANTIZER_MAPPING["hf_prune"] is loader.PrunedShapesLoader
+    assert AUTO_QUANTIZATION_CONFIG_MAPPING["hf_prune"] is loader.PrunedShapesConfig
     assert STRIP_HOOKS.count(serialization._record_strip) == 1
 
 
@@ -140,7 +140,7 @@ def test_failed_save_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.
         (Path(directory) / "model.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(serialization, "save_for_hf", crash)
+    monkeypatch.setattr(timm.models, "save_for_hf", crash)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(stripped, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
@@ -240,5 +240,9 @@ def test_load_model_routes_pruned_directories(saved: Path) -> None:
     assert pruning_record(model) is not None
     x = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
     assert x.shape[-2:] == (48, 48) and logits(model, x).shape == (1, 10)
-    with pytest.raises(ModelLoadError, match="replacing its classifier head is not supported"):
-        load_model(str(saved), num_classes=3)
+    if "quantization_config" in json.loads((saved / "config.json").read_text()):  # transformers: a new head
+        model, inputs = load_model(str(saved), num_classes=3)
+        assert logits(model, inputs["pixel_values"]).shape == (1, 3)
+    else:
+        with pytest.raises(ModelLoadError, match="pruned timm model; replacing its classifier head is not supported"):
+            load_model(str(saved), num_classes=3)

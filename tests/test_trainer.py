@@ -82,6 +82,12 @@ def _own_trainer(output_dir: Path, data, callbacks=None, **args) -> Trainer:
     return trainer
 
 
+def _callback_trainer(output_dir: Path, data, callbacks=None, **args) -> Trainer:
+    """A plain Trainer given a PruningCallback the normal way, ``callbacks=[...]``."""
+    return Trainer(tiny_resnet(), training_args(output_dir, **args), train_dataset=data.train,
+                   callbacks=[*(callbacks or []), PruningCallback(PRUNING)])
+
+
 def _controller(trainer: Trainer):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PruningCallback)).controller
 
@@ -90,13 +96,15 @@ def _controller(trainer: Trainer):
     (_trainer, {"save_strategy": "epoch"}, 1),
     (_trainer, {"save_strategy": "steps", "save_steps": 12}, 2),
     (_own_trainer, {"save_strategy": "epoch"}, 1),
-], ids=["epoch-boundary", "mid-epoch", "own-trainer"])
+    (_callback_trainer, {"save_strategy": "steps", "save_steps": 12}, 2),
+], ids=["epoch-boundary", "mid-epoch", "own-trainer", "callbacks-argument"])
 def test_resume_continues_bit_identically(tmp_path, data, make, save, stop_after):
     full = make(tmp_path / "full", data, **save)
     full.train()
-    make(tmp_path / "resumed", data, callbacks=[StopAfterEpoch(stop_after)], **save).train()
-    resumed = make(tmp_path / "resumed", data, **save)
-    resumed.train(resume_from_checkpoint=True)
+    make(tmp_path / "stopped", data, callbacks=[StopAfterEpoch(stop_after)], **save).train()
+    checkpoint = max((tmp_path / "stopped").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resumed = make(tmp_path / "resumed", data, **save)  # another output_dir: the given checkpoint is used
+    resumed.train(resume_from_checkpoint=str(checkpoint))
     assert same_tensors(masks_of(_controller(resumed)), masks_of(_controller(full)))
     assert _controller(resumed).scheduler.state_dict() == _controller(full).scheduler.state_dict()
     assert same_tensors(resumed.model.state_dict(), full.model.state_dict())
@@ -132,9 +140,9 @@ def test_callback_in_a_users_own_trainer(tmp_path, data):
 
     model = tiny_resnet()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    callback = PruningCallback(config)  # given the normal way, after a reporter: it still runs before it
     trainer = OwnTrainer(model, training_args(tmp_path, optim="sgd", num_train_epochs=2), train_dataset=data.train,
-                         callbacks=[Reporter()])
-    callback = PruningCallback(config).install(trainer)
+                         callbacks=[Reporter(), callback])
     trainer.train()
     ctrl = callback.controller
     assert ctrl.model is model and ctrl.frozen and ctrl.compression_stage() == 2
@@ -145,6 +153,19 @@ def test_callback_in_a_users_own_trainer(tmp_path, data):
         old = before[info.param].movedim(info.dim, 0)[pruned].flatten(1).norm(dim=1)
         new = model.get_parameter(info.param).detach().movedim(info.dim, 0)[pruned].flatten(1).norm(dim=1)
         assert (new < old).all(), info.module_name
+
+
+def test_callback_and_pruning_trainer_train_identically(tmp_path, data):
+    """The controller's loss goes through the same gradient clipping and accumulation in both paths."""
+    config = {"pruning_init": 0.25, "params": {**PRUNING["params"], "regularization_weight": 0.5}}
+    args = dict(num_train_epochs=1, max_grad_norm=0.5, gradient_accumulation_steps=2)
+    pruning_trainer = _trainer(tmp_path / "a", data, config=config, **args)
+    pruning_trainer.train()
+    trainer = Trainer(tiny_resnet(), training_args(tmp_path / "b", **args), train_dataset=data.train,
+                      callbacks=[PruningCallback(config)])
+    trainer.train()
+    assert max(h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h) > 0.5  # clipping happened
+    assert same_tensors(trainer.model.state_dict(), pruning_trainer.model.state_dict())
 
 
 def test_strip_model_returns_the_smaller_model_and_ends_training(tmp_path, data):
@@ -175,6 +196,14 @@ def test_stripping_while_training_stops_it(tmp_path, data):
     assert trainer.state.global_step == 16  # not one step on the changed model
 
 
+def test_restoring_callbacks_from_the_checkpoint_is_refused(tmp_path, data):
+    # the Trainer would replace the callback by a new one, without its controller
+    with pytest.raises(HfPruneError, match="restore_callback_states_from_checkpoint=True would replace"):
+        _trainer(tmp_path, data, restore_callback_states_from_checkpoint=True)
+    with pytest.raises(HfPruneError, match="restore_callback_states_from_checkpoint=True would replace"):
+        _callback_trainer(tmp_path, data, restore_callback_states_from_checkpoint=True)
+
+
 def test_pruning_config_of_the_wrong_type(tmp_path, data):
     with pytest.raises(TypeError, match="pruning_config must be a hf_prune.PruningConfig"):
         _trainer(tmp_path, data, config=0.5)
@@ -202,9 +231,13 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 def test_resume_from_a_foreign_checkpoint_is_refused_and_overwrites_nothing(tmp_path, data):
     _trainer(tmp_path, data, save_strategy="epoch", num_train_epochs=1).train()
-    checkpoint, stateless = tmp_path / "checkpoint-8", tmp_path / "stateless"
-    shutil.copytree(checkpoint, stateless)
-    (stateless / STATE_NAME).unlink()
+    checkpoint, stateless, overwritten = tmp_path / "checkpoint-8", tmp_path / "stateless", tmp_path / "overwritten"
+    shutil.copytree(checkpoint, stateless)  # as a Trainer without pruning writes it
+    trainer_state = json.loads((stateless / "trainer_state.json").read_text())
+    trainer_state["stateful_callbacks"].pop("PruningCallback")
+    (stateless / "trainer_state.json").write_text(json.dumps(trainer_state))
+    shutil.copytree(checkpoint, overwritten)  # its weights replaced by another run's
+    Trainer(tiny_resnet(seed=1), training_args(tmp_path / "other")).save_model(overwritten)
     before = _snapshot(tmp_path)
     other_model = ResNetForImageClassification(ResNetConfig(
         embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck", num_labels=10))
@@ -215,7 +248,10 @@ def test_resume_from_a_foreign_checkpoint_is_refused_and_overwrites_nothing(tmp_
         (_trainer(tmp_path, data, model=other_model, save_strategy="epoch"), checkpoint,
          PruningStateError, "belongs to another model: ResNetForImageClassification with pruning groups of sizes "
                             "[8, 8, 32, 16], not ResNetForImageClassification with [4, 4, 16, 8]"),
-        (_trainer(tmp_path, data, save_strategy="epoch"), stateless, HfPruneError, f"has no {STATE_NAME}"),
+        (_trainer(tmp_path, data, save_strategy="epoch"), stateless, HfPruneError,
+         "has no pruning state in trainer_state.json"),
+        (_trainer(tmp_path, data, save_strategy="epoch"), overwritten, PruningStateError,
+         "are not those its pruning state was saved with"),
     ]
     for trainer, path, error, message in cases:
         with pytest.raises(error, match=re.escape(message)):
@@ -249,6 +285,26 @@ def test_half_the_flops_pruned_stays_within_two_points_of_dense(tmp_path):
     trainer.save_model(tmp_path / "small")  # the timm model's own keys and (smaller) shapes
     saved = load_file(tmp_path / "small" / "model.safetensors")
     assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in small.state_dict().items()}
+
+
+def test_train_runs_the_learned_ranking_search_itself(tmp_path, data):
+    coeffs = tmp_path / "coeffs.json"
+    legr = {"generations": 2, "train_steps": 1, "population_size": 2, "num_samples": 2, "mutate_percent": 1.0}
+    config = {"params": {**PRUNING["params"], "interlayer_ranking_type": "learned_ranking", "legr_params": legr,
+                         "save_ranking_coeffs_path": str(coeffs)}}
+    trainer = _trainer(tmp_path / "run", data, config=config, num_train_epochs=2, save_strategy="epoch")
+    identity = trainer.controller.ranking
+    trainer.train()
+    learned = trainer.controller.ranking
+    assert learned is not identity  # the search ran and adopted its best candidate (possibly the identity)
+    saved = json.loads(coeffs.read_text())["groups"]
+    assert {int(g): (v["a"], v["b"]) for g, v in saved.items()} == learned.coefficients
+    assert trainer.controller.pruning_level == 0.5
+    # resuming restores the searched coefficients from the checkpoint instead of searching again
+    resumed = _trainer(tmp_path / "run", data, config=config, num_train_epochs=2, save_strategy="epoch")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-8"))
+    assert resumed.controller.ranking.coefficients == learned.coefficients
+    assert same_tensors(masks_of(resumed.controller), masks_of(trainer.controller))
 
 
 def test_learned_ranking_is_searched_before_training(tmp_path, data):

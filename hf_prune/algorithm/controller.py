@@ -21,9 +21,14 @@ from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
 from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
+from .latency import DeployTarget, LatencyModel, auto_channel_multiple, measure_latency
 from .masks import WeightMasker, _MaskHook, remove_mask_hooks
 from .ranking import (
     RankingCoefficients, RankingCoefficientsError, RewardFn, TrainFn, learn_ranking_coefficients,
+)
+from .planning import (
+    MAX_GLOBAL_GROUP_LEVEL, CostModel, FlopsCost, Plan, fit_units, kept_count, kept_fractions, minimal_plan,
+    plan_for_cost, plan_for_level,
 )
 from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
@@ -32,7 +37,6 @@ STRIP_FORMATS = ("native", "zeros")
 STRIP_HOOKS: list[Callable[[nn.Module, "FilterPruningController"], None]] = []
 """Called with every model :meth:`FilterPruningController.strip_model` strips natively, and its controller
 (integrations register here, e.g. to record the new shapes in a transformers config)."""
-MAX_GLOBAL_GROUP_LEVEL = 0.9  # with all_weights, a group keeps at least 10% of its channels
 
 
 @dataclass
@@ -124,12 +128,18 @@ class FilterPruningController:
         self.config = config
         self.analysis = analysis
         self.prune_flops = config.prune_flops
+        self.prune_latency = config.prune_latency
         self.pruning_init = config.pruning_init
         self.target_level = config.target
         self._criterion = config.params.filter_importance
         if self._criterion not in IMPORTANCE:
             raise PruningLevelError(f"params.filter_importance: unknown criterion {self._criterion!r}")
         self._groups = {g.id: g for g in analysis.prunable_groups}
+        self.latency: LatencyModel | None = None
+        if self.prune_latency:
+            self.latency = LatencyModel.build(model, analysis, analysis.prunable_groups,
+                                              DeployTarget.from_config(config.params, model),
+                                              config.params.latency_table_path)
         self._coords = self._producer_coords()
         self._group_levels: dict[int, float] = {gid: 0.0 for gid in self._groups}
         self._masks: dict[int, torch.Tensor] = {gid: torch.ones(g.size, dtype=torch.bool) for gid, g in self._groups.items()}
@@ -138,6 +148,7 @@ class FilterPruningController:
         self._masker = WeightMasker()
         self.mask_version = 0  # incremented whenever the masks change
         self.data_loader: Iterable[Any] | None = None
+        self.measured_latency_ms: float | None = None
         self.pruned_modules = [
             PrunedModuleInfo(m.module, model.get_submodule(m.module), g.id, m.param, m.dim, self)
             for g in self._groups.values() for m in g.members if m.role == "out"
@@ -207,11 +218,14 @@ class FilterPruningController:
 
     @property
     def compression_rate(self) -> float:
-        """NNCF's rate: in FLOPs mode the FLOPs reduction, otherwise the level last set (rounding kept
+        """NNCF's rate: in FLOPs mode the FLOPs reduction, with a latency target the predicted latency
+        reduction, otherwise the level last set (rounding kept
         channels up to ``channel_multiple`` masks a little less; ``statistics()`` reports the masked fraction).
         0 for a model with nothing prunable."""
         if self.prune_flops:
             return 1.0 - self.current_flops / self.analysis.dense_flops
+        if self.latency is not None:
+            return 1.0 - self.predicted_latency_ms / self.latency.dense
         return self._pruning_level if self._groups else 0.0
 
     @compression_rate.setter
@@ -225,10 +239,10 @@ class FilterPruningController:
 
     @property
     def maximal_compression_rate(self) -> float:
-        if not self.prune_flops:
+        cost = self._cost_model()
+        if cost is None:
             return 1.0
-        minimal = {g.space: self._kept_count(g, 1.0 - 1e-9) / g.size for g in self._groups.values()}
-        return 1.0 - self.analysis.flops_model.flops(minimal) / self.analysis.dense_flops
+        return 1.0 - cost.cost(kept_fractions(self._groups, minimal_plan(self._groups))) / cost.dense
 
     @staticmethod
     def get_mask(minfo: PrunedModuleInfo) -> torch.Tensor:
@@ -275,11 +289,11 @@ class FilterPruningController:
         scores = self._importance()
         if isinstance(pruning_level, Mapping):
             levels = self._validate_group_levels(pruning_level)
-            keep = {gid: self._kept_count(self._groups[gid], lv) for gid, lv in levels.items()}
+            keep = {gid: kept_count(self._groups[gid], lv) for gid, lv in levels.items()}
             self._pruning_level = float(sum(levels.values()) / len(levels)) if levels else 0.0
         else:
             level = self._validate_level(pruning_level, "pruning_level")
-            keep = self._plan_for_flops(level, scores) if self.prune_flops else self._plan(level, scores)
+            keep = self._plan(level, scores)
             self._pruning_level = level
         self._apply_plan(keep, scores)
         if run_batchnorm_adaptation:
@@ -409,6 +423,19 @@ class FilterPruningController:
         return self.analysis.flops_model.flops(self._kept_fractions())
 
     @property
+    def predicted_latency_ms(self) -> float | None:
+        """Latency of the current plan predicted by the latency table (latency targets only)."""
+        return None if self.latency is None else self.latency.cost(self._kept_fractions())
+
+    def measure_latency(self, model: nn.Module) -> float:
+        """Measure ``model`` (e.g. the stripped one) on the deployment target; milliseconds, also shown
+        by :meth:`statistics`."""
+        target = self.latency.target if self.latency is not None else DeployTarget.from_config(self.config.params, model)
+        ms = measure_latency(model, self.analysis.example_inputs, target)
+        self.measured_latency_ms = ms
+        return ms
+
+    @property
     def current_params(self) -> float:
         return self.analysis.flops_model.params(self._kept_fractions(), trainable_only=self.analysis.params)
 
@@ -439,72 +466,23 @@ class FilterPruningController:
                 "(see controller.analysis.groups or `hf-prune analyze`)")
         return {int(k): self._validate_level(v, f"pruning_level[{k}]") for k, v in levels.items()}
 
-    @staticmethod
-    def _kept_count(group: PruningGroup, level: float) -> int:
-        """Channels a group keeps at ``level``: rounded up to its unit where the group is large enough."""
-        n = group.size
-        keep = max(1, n - math.floor(n * level + 1e-9))
-        unit = group.unit
-        if unit > 1 and n > unit:
-            keep = min(n, math.ceil(keep / unit) * unit)
-        return keep
+    def _cost_model(self) -> CostModel | None:
+        """What a level measures beyond filters: FLOPs, predicted latency, or None (filters)."""
+        if self.prune_flops:
+            return FlopsCost(self.analysis.flops_model)
+        return self.latency
 
-    def _plan(self, level: float, scores: dict[int, torch.Tensor]) -> dict[int, int]:
-        """Kept channels per group for a global filter level (per group, or ranked globally)."""
-        if level == 0 or (self.ranking is None and not self.config.params.all_weights):
-            return {gid: self._kept_count(g, level) for gid, g in self._groups.items()}
-        # Global ranking: one threshold over importance normalized within each group (and transformed
-        # by the learned coefficients); a group is never pruned beyond the cap, so none is emptied.
-        ranked = {gid: s / (s.mean() + 1e-12) for gid, s in scores.items()}
-        cap = MAX_GLOBAL_GROUP_LEVEL
-        if self.ranking is not None:
-            ranked = {gid: self.ranking.transform(gid, v) for gid, v in ranked.items()}
-            cap = self.config.params.legr_params.max_pruning
-        everything = torch.cat([ranked[gid] for gid in self._groups])
-        n_pruned = math.floor(level * everything.numel() + 1e-9)
-        if n_pruned == 0:
-            return {gid: g.size for gid, g in self._groups.items()}
-        threshold = torch.kthvalue(everything, n_pruned).values
-        return {
-            gid: self._kept_count(g, min(int((ranked[gid] <= threshold).sum()) / g.size, cap))
-            for gid, g in self._groups.items()
-        }
+    def _plan(self, level: float, scores: dict[int, torch.Tensor]) -> Plan:
+        """Kept channels per group for a global level (of filters, FLOPs or latency)."""
+        def at(lv: float) -> Plan:
+            cap = self.config.params.legr_params.max_pruning if self.ranking is not None else MAX_GLOBAL_GROUP_LEVEL
+            return plan_for_level(self._groups, lv, scores, self.ranking, self.config.params.all_weights, cap)
 
-    def _plan_for_flops(self, target: float, scores: dict[int, torch.Tensor]) -> dict[int, int]:
-        """The plan of the smallest level whose FLOPs reduction reaches ``target`` (bisection)."""
-        fm, dense = self.analysis.flops_model, self.analysis.dense_flops
-
-        def reduction(plan: dict[int, int]) -> float:
-            kept = {self._groups[gid].space: k / self._groups[gid].size for gid, k in plan.items()}
-            return 1.0 - fm.flops(kept) / dense
-
-        if target == 0:
-            return self._plan(0.0, scores)
-        hi = 1.0 - 1e-9
-        best = self._plan(hi, scores)
-        if reduction(best) < target:
-            raise PruningLevelError(
-                f"pruning_flops_target {target:.3f} is unreachable: the most this model can be pruned removes "
-                f"{reduction(best):.3f} of its FLOPs (see maximal_compression_rate)")
-        lo = 0.0
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            plan = self._plan(mid, scores)
-            if reduction(plan) >= target:
-                hi, best = mid, plan
-            else:
-                lo = mid
-        # Rounding makes the reduction jump in steps: give channels back, finest steps first, while
-        # the target still holds, so the reduction lands just above it rather than a step beyond.
-        budget = (1.0 - target) * dense
-        tracker = fm.tracker({self._groups[gid].space: k / self._groups[gid].size for gid, k in best.items()})
-        for gid in sorted(best, key=lambda g: self._groups[g].flops / self._groups[g].size):
-            g = self._groups[gid]
-            step = g.unit if g.size > g.unit else 1
-            while best[gid] + step <= g.size and tracker.total_if(g.space, (best[gid] + step) / g.size) <= budget:
-                best[gid] += step
-                tracker.set(g.space, best[gid] / g.size)
-        return best
+        cost = self._cost_model()
+        if cost is None:
+            return at(level)
+        key = "pruning_flops_target" if self.prune_flops else "pruning_latency_target"
+        return plan_for_cost(self._groups, level, cost, at, key)
 
     def _producer_coords(self) -> dict[int, list[tuple[str, int, torch.Tensor]]]:
         T, labels = self.analysis.trace.table, self.analysis.trace.param_labels
@@ -559,6 +537,15 @@ def has_pruning_masks(model: nn.Module) -> bool:
                for module in model.modules() for hook in module._forward_pre_hooks.values())
 
 
+def pruning_policy(model: nn.Module, config: PruningConfig) -> PruningPolicy:
+    """The analysis options of ``config`` for ``model``, with ``channel_multiple: auto`` resolved for the
+    deployment target (``params.deploy_device`` / ``deploy_dtype``, default: the model's)."""
+    policy = PruningPolicy.from_config(config)
+    if config.params.channel_multiple == "auto":
+        policy.channel_multiple = auto_channel_multiple(DeployTarget.from_config(config.params, model))
+    return policy
+
+
 def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[str, Any] | None = None,
                               example_inputs: Any = None, data_loader: Iterable[Any] | None = None,
                               allow_nothing_prunable: bool = False) -> FilterPruningController:
@@ -582,7 +569,9 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         raise TypeError(f"config must be a PruningConfig or a dict, got {type(config).__name__}")
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: masks go on the module it compiles
     remove_mask_hooks(model)  # a model has one controller: a new one replaces the previous one's masks
-    analysis = analyze_model(model, example_inputs, PruningPolicy.from_config(config))
+    analysis = analyze_model(model, example_inputs, pruning_policy(model, config))
+    if config.params.channel_multiple == "auto":
+        fit_units(analysis.prunable_groups)
     if not analysis.prunable_groups and (config.target > 0 or config.pruning_init > 0):
         message = _nothing_prunable_message(model, analysis)
         if not allow_nothing_prunable:
@@ -593,7 +582,22 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         warnings.warn(f"{message}; the controller will leave it unchanged", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader
+    if controller.groups and config.target > 0 and controller._cost_model() is None:
+        _check_target_prunes(controller)
     return controller
+
+
+def _check_target_prunes(controller: FilterPruningController) -> None:
+    """A filter target that rounding turns into "keep every channel" is an error, not a dense "pruned" model."""
+    target = controller.target_level
+    plan = controller._plan(target, controller._importance())
+    if any(kept < controller.groups[gid].size for gid, kept in plan.items()):
+        return
+    largest = max(controller.groups.values(), key=lambda g: g.size)
+    raise NothingPrunableError(
+        f"pruning_target {target:g} removes no channel of {type(controller.model).__name__}: every group keeps "
+        f"all its channels once rounded up to its channel multiple (largest group: {largest.size} channels, "
+        f"multiple {largest.unit}); raise the target or lower params.channel_multiple")
 
 
 def _nothing_prunable_message(model: nn.Module, analysis: ModelAnalysis) -> str:

@@ -50,6 +50,10 @@ class PruningStatistics:
     params_before: float | None = None
     params_after: float | None = None
     layers: list[LayerStatistics] = field(default_factory=list)
+    prune_latency: bool = False
+    latency_dense_ms: float | None = None  # measured on the deployment target (latency targets)
+    latency_predicted_ms: float | None = None  # the current masks, from the latency table
+    latency_measured_ms: float | None = None  # the stripped model, where controller.measure_latency ran
 
     # NNCF's names: stats.filter_pruning.model_statistics.full_flops, ... (None where not collected)
     @property
@@ -127,7 +131,7 @@ class PruningStatistics:
         return t
 
     def summary_lines(self) -> list[str]:
-        target_kind = "FLOPs" if self.prune_flops else "filters"
+        target_kind = "FLOPs" if self.prune_flops else "latency" if self.prune_latency else "filters"
         lines = [
             f"pruning level: {self.current_level:.3f} (target {self.target_level:.3f} of {target_kind})",
             f"compression rate: {self.compression_rate:.3f}, stage {self.compression_stage}",
@@ -138,6 +142,12 @@ class PruningStatistics:
                          f"({1 - self.flops_after / self.flops_before:.1%} less)")
             lines.append(f"params: {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M "
                          f"({1 - self.params_after / self.params_before:.1%} less)")
+        if self.latency_dense_ms is not None:
+            lines.append(f"latency: {self.latency_dense_ms:.3f} ms -> {self.latency_predicted_ms:.3f} ms predicted "
+                         f"({self.latency_predicted_ms / self.latency_dense_ms:.1%} of dense)")
+        if self.latency_measured_ms is not None:
+            dense = f" ({self.latency_measured_ms / self.latency_dense_ms:.1%} of dense)" if self.latency_dense_ms else ""
+            lines.append(f"latency measured: {self.latency_measured_ms:.3f} ms{dense}")
         return lines
 
     def __str__(self) -> str:
@@ -162,8 +172,10 @@ def collect_statistics(ctrl: "FilterPruningController", quickly_collected_only: 
         current_level=ctrl.pruning_level, target_level=ctrl.target_level, prune_flops=ctrl.prune_flops,
         compression_rate=ctrl.compression_rate, compression_stage=ctrl.compression_stage(),
         filters_before=filters, filters_after=filters - sum(layer.total - layer.kept for layer in layers),
-        layers=layers,
+        layers=layers, prune_latency=ctrl.prune_latency, latency_measured_ms=ctrl.measured_latency_ms,
     )
+    if ctrl.latency is not None:
+        stats.latency_dense_ms, stats.latency_predicted_ms = ctrl.latency.dense, ctrl.predicted_latency_ms
     if not quickly_collected_only:
         stats.flops_before, stats.flops_after = ctrl.analysis.dense_flops, ctrl.current_flops
         stats.params_before, stats.params_after = ctrl.analysis.dense_params, ctrl.current_params

@@ -17,19 +17,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..algorithm.controller import pruning_policy
 from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis, analyze_model
-from ..graph.groups import PruningGroup, PruningPolicy
-from ..integrations.hub import model_statistics
-from ..integrations.onnx import export_onnx
-from ..integrations.serialization import from_pretrained
-from .models import load_model
+from ..graph.groups import PruningGroup
 
 __all__ = ["build_parser", "main"]
 
 REASONS_WIDTH = 160
 """Characters of joined reasons shown per table row before the rest is summarised as ``(+N more)``."""
+EXTRAS = {"datasets": "data", "sklearn": "data", "matplotlib": "data", "onnx": "onnx", "onnxruntime": "onnx",
+          "onnxscript": "onnx"}
+"""Optional packages a command may need, and the extra (pyproject.toml) that installs each."""
 PIPE_WIDTH = 200
 """Console width when stdout is not a terminal (rich would use 80 and wrap the reasons)."""
 
@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (HfPruneError, PruningConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"error: hf-prune {args.command} needs {exc.name}, which is not installed: "
+              f"pip install 'hf_prune[{extra}]'", file=sys.stderr)
         return 2
 
 
@@ -113,9 +120,11 @@ def _add_analyze(commands: argparse._SubParsersAction) -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     """Load the model, analyse it, print a report (or JSON)."""
-    policy = PruningPolicy.from_config(PruningConfig.from_file(args.config)) if args.config else None
+    from .models import load_model  # each command imports what it needs (timm, transformers) when it runs
+
     model, inputs = load_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained,
                                image_size=args.image_size)
+    policy = pruning_policy(model, PruningConfig.from_file(args.config)) if args.config else None
     start = time.perf_counter()
     analysis = analyze_model(model, inputs, policy=policy, verify=args.verify)
     seconds = time.perf_counter() - start
@@ -203,6 +212,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from ..integrations.onnx import export_onnx
+
     path = export_onnx(args.directory, args.onnx, opset=args.opset)
     print(f"wrote {path} (ONNX Runtime outputs match PyTorch)")
     return 0
@@ -219,6 +230,9 @@ def _add_stats(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
+    from ..integrations.hub import model_statistics
+    from ..integrations.serialization import from_pretrained
+
     stats = model_statistics(from_pretrained(args.directory))
     if args.json:
         print(json.dumps(stats, indent=2))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import HfPruneError
+from .preprocessing import ImageTransforms, Transform
 
 DIGITS_MEAN, DIGITS_STD = 0.5, 0.5
 
@@ -66,9 +67,6 @@ def load_digits(image_size: int = 32, num_channels: int = 3, test_fraction: floa
     return DigitsSplits(DigitsDataset(x[train], y[train]), DigitsDataset(x[test], y[test]))
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 class DataLoadError(HfPruneError):
     """A data set named by a recipe cannot be loaded."""
 
@@ -92,30 +90,26 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     raise DataLoadError(f"{where}: cannot find the {what} column among {columns}; set data.{what}_column")
 
 
-def _with_transform(ds, image_col: str, label_col: str, image_size: int, mean, std):
-    from torchvision import transforms
-
-    tf = transforms.Compose([
-        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+def _with_transform(ds, image_col: str, label_col: str, transform: Transform):
+    """``ds`` transformed lazily, batch by batch as it is read (``datasets``' ``with_transform``)."""
 
     def apply(batch):
-        return {"pixel_values": [tf(img.convert("RGB")) for img in batch[image_col]], "labels": batch[label_col]}
+        return {"pixel_values": [transform(img.convert("RGB")) for img in batch[image_col]], "labels": batch[label_col]}
 
     return ds.with_transform(apply)
 
 
-def load_image_data(source: str, *, name: str | None = None, path: str | None = None, train_split: str = "train",
-                    eval_split: str | None = "test", image_column: str | None = None, label_column: str | None = None,
-                    image_size: int = 224, limit: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> TrainEvalData:
+def load_image_data(source: str, transforms: ImageTransforms, *, name: str | None = None, path: str | None = None,
+                    train_split: str = "train", eval_split: str | None = "test", image_column: str | None = None,
+                    label_column: str | None = None, limit: int | None = None) -> TrainEvalData:
     """Train/eval data sets yielding ``{"pixel_values", "labels"}`` from a recipe's data section.
 
-    ``source``: ``digits`` (embedded), ``hub`` (``datasets.load_dataset(name)``) or ``imagefolder``
-    (``datasets``' imagefolder builder over ``path``, one sub-folder per class).
+    ``source``: ``digits`` (embedded, already tensors at ``transforms.image_size``), ``hub``
+    (``datasets.load_dataset(name)``) or ``imagefolder`` (``datasets``' imagefolder builder over ``path``, one
+    sub-folder per class). Images go through ``transforms.train`` / ``transforms.eval`` as they are read.
     """
     if source == "digits":
-        splits = load_digits(image_size=image_size, limit=limit)
+        splits = load_digits(image_size=transforms.image_size, limit=limit)
         return TrainEvalData(splits.train, splits.test, 10, [str(i) for i in range(10)])
     import datasets
 
@@ -148,6 +142,6 @@ def load_image_data(source: str, *, name: str | None = None, path: str | None = 
     label_names = list(getattr(feature, "names", None) or sorted({str(v) for v in train[label_col]}))
     if limit is not None:
         train = train.select(range(min(limit, len(train))))
-    train = _with_transform(train, image_col, label_col, image_size, mean, std)
-    evaluation = _with_transform(evaluation, image_col, label_col, image_size, mean, std) if evaluation is not None else None
+    train = _with_transform(train, image_col, label_col, transforms.train)
+    evaluation = _with_transform(evaluation, image_col, label_col, transforms.eval) if evaluation is not None else None
     return TrainEvalData(train, evaluation, len(label_names), label_names)

@@ -94,7 +94,7 @@ def _local_model(path: Path, num_classes: int | None, pretrained: bool,
         raise ModelLoadError(f"cannot parse {config_file}: {exc}") from exc
     if isinstance(saved, dict) and saved_record(saved) is not None:
         return _pruned_model(path, num_classes, image_size)
-    if isinstance(saved, dict) and "architecture" in saved:
+    if isinstance(saved, dict) and "architecture" in saved and "model_type" not in saved:  # timm, not TimmWrapper
         if not timm.is_model(saved["architecture"]):
             raise ModelLoadError(f"{config_file}: unknown timm architecture {saved['architecture']!r}"
                                  f"{_suggestions(saved['architecture'])}")
@@ -105,9 +105,13 @@ def _local_model(path: Path, num_classes: int | None, pretrained: bool,
 
 def _pruned_model(path: Path, num_classes: int | None, image_size: int | None) -> tuple[nn.Module, Any]:
     """A stripped model saved by hf_prune (its config.json records the pruned shapes)."""
-    if num_classes is not None:
-        raise ModelLoadError(f"{path}: holds a pruned model; replacing its classifier head is not supported")
-    model = from_pretrained(path).eval()
+    if num_classes is None:
+        model = from_pretrained(path).eval()
+    elif "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8")):
+        model = from_pretrained(path, num_labels=num_classes, ignore_mismatched_sizes=True).eval()
+    else:
+        raise ModelLoadError(f"{path}: holds a pruned timm model; replacing its classifier head is not supported "
+                             "(a pruned transformers model's is)")
     channels, *size = input_size(model)
     x = torch.randn(1, channels, *([image_size] * 2 if image_size else size))
     return model, {"pixel_values": x} if model_library(model) == "transformers" else x

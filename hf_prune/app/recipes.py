@@ -60,6 +60,9 @@ class DataSpec(_Section):
     label_column: str | None = None
     image_size: int | None = Field(None, ge=8, description="default: the model's input size")
     limit: int | None = Field(None, ge=1, description="use at most this many training samples")
+    mean: list[float] | None = Field(None, min_length=1, description="normalization mean (default: the model's own)")
+    std: list[float] | None = Field(None, min_length=1, description="normalization std (default: the model's own)")
+    augment: bool = Field(True, description="augment training images (random resized crop, flip)")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataSpec":

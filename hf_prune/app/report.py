@@ -44,6 +44,20 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _latency_lines(s: PruningStatistics) -> list[str]:
+    """Latency on the deployment target: dense (measured), predicted by the latency table, measured."""
+    rows = [("predicted (latency table)", s.latency_predicted_ms), ("measured (stripped)", s.latency_measured_ms)]
+    rows = [(k, v) for k, v in rows if v is not None]
+    if not rows:
+        return []
+    dense = s.latency_dense_ms
+    lines = ["## Latency on the deployment target", "", "| | ms | of dense |", "|---|---|---|"]
+    if dense is not None:
+        lines.append(f"| dense (measured) | {dense:.3f} | 100.0% |")
+    lines += [f"| {k} | {v:.3f} | {v / dense:.1%} |" if dense else f"| {k} | {v:.3f} | – |" for k, v in rows]
+    return lines + [""]
+
+
 def _markdown(r: RunReport, plots: dict[str, str]) -> str:
     lines = [f"# Pruning report: {r.model}", "", f"Recipe: `{r.recipe}` · wall time {r.seconds:.0f} s", ""]
     keys = sorted(set(r.dense_metrics) | set(r.pruned_metrics))
@@ -61,6 +75,7 @@ def _markdown(r: RunReport, plots: dict[str, str]) -> str:
                          f"{s.params_after / s.params_before - 1:+.1%} |")
         lines.append(f"| filters | {s.filters_before} | {s.filters_after} | {s.filters_after / max(s.filters_before, 1) - 1:+.1%} |")
         lines.append("")
+        lines += _latency_lines(s)
     if r.onnx:
         lines += ["## ONNX Runtime (CPU)", "", "| | latency (ms) |", "|---|---|"]
         for k in ("dense_ms", "pruned_ms"):

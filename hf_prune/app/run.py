@@ -4,11 +4,20 @@ Order of work: validate the recipe, check the output directory, load the model a
 bad input fails here, before any training), optional dense warm-up, pruning with the schedule and
 fine-tuning (``PruningTrainer``), strip, ``save_pretrained``, ONNX export with a latency comparison,
 report. Under ``accelerate launch`` every process trains; only the main process writes files.
+
+Crash safety: running the same recipe again after a kill continues where the first run stopped. The
+model is built from the recipe's seed; the dense warm-up's result is kept (``dense/warmup``, published
+whole) and not trained again; pruning resumes from the newest complete checkpoint (see
+:mod:`hf_prune.integrations.checkpoints`); ``model/``, ``onnx/`` and ``onnx_dense/`` replace their
+previous versions only once written whole. ``report.json`` marks a finished run: it is removed when a
+run starts and written last.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +29,9 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError
-from .data import IMAGENET_MEAN, IMAGENET_STD, TrainEvalData, load_image_data
+from ..integrations.checkpoints import publish_directory, published
+from .data import TrainEvalData, load_image_data
+from .preprocessing import transforms_for
 from .models import load_model
 from .recipes import Recipe, load_recipe
 from .report import RunReport, write_report
@@ -73,20 +84,13 @@ def _seeded(inputs: Any) -> Any:
     return torch.randn(inputs.shape, generator=g)
 
 
-def _normalization(model: nn.Module) -> tuple[Any, Any]:
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("mean"):
-        return tuple(cfg["mean"]), tuple(cfg["std"])
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
 def _load_data(recipe: Recipe, model: nn.Module, example_inputs: Any) -> TrainEvalData:
     x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
     d = recipe.data
-    mean, std = _normalization(model)
-    return load_image_data(d.source, name=d.name, path=d.path, train_split=d.train_split, eval_split=d.eval_split,
-                           image_column=d.image_column, label_column=d.label_column,
-                           image_size=d.image_size or int(x.shape[-1]), limit=d.limit, mean=mean, std=std)
+    transforms = transforms_for(model, d.image_size or int(x.shape[-1]), d.mean, d.std, d.augment)
+    return load_image_data(d.source, transforms, name=d.name, path=d.path, train_split=d.train_split,
+                           eval_split=d.eval_split, image_column=d.image_column, label_column=d.label_column,
+                           limit=d.limit)
 
 
 def accuracy(eval_pred: Any) -> dict[str, float]:
@@ -116,16 +120,30 @@ def ort_latency(onnx_path: Path, shape: tuple[int, ...], runs: int = 20, threads
 
 
 def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Path) -> dict[str, float]:
+    """Train ``model`` dense for ``dense_epochs``; its weights and metrics are kept in ``dense/warmup`` and
+    reused instead of training again when the run is started again."""
+    from safetensors.torch import load_model, save_model
     from transformers import Trainer, TrainingArguments
 
     from ..integrations.trainer import trainer_model
 
+    done = published(out / "dense" / "warmup")
+    if done is not None:
+        load_model(model, done / "model.safetensors")
+        return json.loads((done / "metrics.json").read_text())
     args = dict(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
                 save_strategy="no", load_best_model_at_end=False)
     trainer = Trainer(model=trainer_model(model), args=TrainingArguments(**args), train_dataset=data.train,
                       eval_dataset=data.eval, compute_metrics=accuracy)
     trainer.train()
-    return _metrics(trainer.evaluate()) if data.eval is not None else {}
+    metrics = _metrics(trainer.evaluate()) if data.eval is not None else {}
+    if trainer.is_world_process_zero():
+        def write(tmp: Path) -> None:
+            save_model(model, tmp / "model.safetensors")
+            (tmp / "metrics.json").write_text(json.dumps(metrics))
+
+        publish_directory(out / "dense" / "warmup", write)
+    return metrics
 
 
 def _metrics(raw: dict[str, float]) -> dict[str, float]:
@@ -134,14 +152,22 @@ def _metrics(raw: dict[str, float]) -> dict[str, float]:
 
 def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunResult:
     """Run the recipe at ``path`` end to end; returns the report and the files written."""
-    from ..integrations.onnx import export_onnx
+    from ..integrations.onnx import ONNX_NAME, export_onnx
     from ..integrations.serialization import save_pretrained
     from ..integrations.trainer import PruningTrainer
+
+    from transformers import set_seed
 
     start = time.perf_counter()
     recipe = load_recipe(path, overrides)
     out = Path(recipe.training.get("output_dir", "outputs")).expanduser()
     _check_writable(out)
+    args = recipe.training_arguments()
+    if args.process_index == 0:
+        (out / "report.json").unlink(missing_ok=True)  # the run is not finished (again) until written last
+        for leftover in [*out.glob(".*.tmp"), *out.glob("dense/.*.tmp")]:  # written aside by a killed run
+            shutil.rmtree(leftover, ignore_errors=True)
+    set_seed(args.seed)  # the same weights in every process and when the run is started again
     model, example_inputs = _build_model(recipe)
     example_inputs = _seeded(example_inputs)  # every process of a distributed run traces the same inputs
     data = _load_data(recipe, model, example_inputs)
@@ -149,14 +175,13 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
 
     if recipe.dense_epochs > 0:
         report.dense_metrics = _dense_warmup(recipe, model, data, out)
-    args = recipe.training_arguments()
     args.output_dir = str(out / "checkpoints")
     trainer = PruningTrainer(model=model, args=args, pruning_config=recipe.pruning_config(),
                              train_dataset=data.train, eval_dataset=data.eval, compute_metrics=accuracy,
                              example_inputs=example_inputs)
     if recipe.dense_epochs == 0 and data.eval is not None:
         report.dense_metrics = _metrics(trainer.evaluate())
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if any(Path(args.output_dir).glob("checkpoint-*")) else None)
     report.level_history = [(h["epoch"], h["pruning/level"]) for h in trainer.state.log_history
                             if "pruning/level" in h and "epoch" in h]
     report.statistics = trainer.controller.statistics()
@@ -166,11 +191,14 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
     if data.eval is not None:
         report.pruned_metrics = _metrics(trainer.evaluate())
     if trainer.is_world_process_zero():
+        if recipe.outputs.strip and trainer.controller.latency is not None:  # a latency target, checked there
+            report.statistics.latency_measured_ms = trainer.controller.measure_latency(model)
         if recipe.outputs.save:
             files["model"] = save_pretrained(model, out / "model", controller=None if recipe.outputs.strip else trainer.controller)
             report.artifacts["model"] = str(files["model"])
         if recipe.outputs.onnx:
-            files["onnx"] = export_onnx(model, out / "onnx", controller=trainer.controller)
+            publish_directory(out / "onnx", lambda tmp: export_onnx(model, tmp, controller=trainer.controller))
+            files["onnx"] = out / "onnx" / ONNX_NAME
             report.artifacts["onnx"] = str(files["onnx"])
             report.onnx = _onnx_speed(recipe, example_inputs, files["onnx"], out)
         if recipe.outputs.push_to_hub:
@@ -179,16 +207,27 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
             push_to_hub(model, recipe.outputs.push_to_hub, controller=trainer.controller, recipe=str(path))
         report.seconds = time.perf_counter() - start
         if recipe.outputs.report:
-            files.update({f"report_{k}": v for k, v in write_report(report, out).items()})
+            files.update({f"report_{k}": v for k, v in _write_report_last(report, out).items()})
     return RunResult(report, out, files)
+
+
+def _write_report_last(report: RunReport, out: Path) -> dict[str, Path]:
+    """:func:`write_report` into a temporary directory, then move its files into ``out``, ``report.json``
+    last: its presence means the whole run finished."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".report.", suffix=".tmp") as tmp:
+        written = write_report(report, tmp)
+        for path in sorted(Path(tmp).iterdir(), key=lambda p: p.name == "report.json"):
+            os.replace(path, out / path.name)
+    return {key: out / path.name for key, path in written.items()}
 
 
 def _onnx_speed(recipe: Recipe, example_inputs: Any, pruned_onnx: Path, out: Path) -> dict[str, float]:
     """Latency of the pruned ONNX model next to the dense one (a fresh dense export of the same model)."""
-    from ..integrations.onnx import export_onnx
+    from ..integrations.onnx import ONNX_NAME, export_onnx
 
     dense, _ = _build_model(recipe)
-    dense_onnx = export_onnx(dense, out / "onnx_dense")
+    publish_directory(out / "onnx_dense", lambda tmp: export_onnx(dense, tmp))
+    dense_onnx = out / "onnx_dense" / ONNX_NAME
     x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
     shape = (8, *x.shape[1:])
     dense_ms, pruned_ms = ort_latency(dense_onnx, shape), ort_latency(pruned_onnx, shape)

@@ -132,7 +132,8 @@ def _usage(repo_id: str, library: str) -> str:
                 f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")')
     else:
         code = f'import hf_prune\n\nmodel = hf_prune.from_pretrained("{repo_id}")'
-    return f"## Usage\n\n```python\n{code}\n```"
+    return (f"## Usage\n\nThe stripped shapes are rebuilt by hf_prune (`pip install hf_prune`); without "
+            f"`import hf_prune`, transformers cannot load these weights.\n\n```python\n{code}\n```")
 
 
 def model_card(model: nn.Module, repo_id: str, *, base_model: str | None = None,
@@ -165,14 +166,14 @@ def model_card(model: nn.Module, repo_id: str, *, base_model: str | None = None,
 def push_to_hub(model: nn.Module, repo_id: str, *, controller: FilterPruningController | None = None,
                 recipe: str | os.PathLike[str] | Mapping[str, Any] | None = None, base_model: str | None = None,
                 private: bool | None = None, token: str | None = None,
-                commit_message: str = "Upload model pruned with hf_prune",
+                commit_message: str = "Upload model pruned with hf_prune", revision: str | None = None,
                 model_args: dict[str, Any] | None = None) -> Any:
     """Upload the stripped ``model`` to the Hub repository ``repo_id`` (created if missing) with a model card.
 
     A model whose masks are still active is stripped first (a copy; ``controller`` required).
     ``controller`` adds its config and statistics to the saved record; ``recipe``, ``base_model``:
     see :func:`model_card`; ``model_args``: see :func:`~hf_prune.integrations.serialization.save_pretrained`.
-    Returns the commit info of ``HfApi.upload_folder``.
+    ``revision``: the branch to commit to. Returns the commit info of ``HfApi.upload_folder``.
     """
     model = ensure_stripped(model, controller, "push")
     api = HfApi(token=token)
@@ -180,4 +181,5 @@ def push_to_hub(model: nn.Module, repo_id: str, *, controller: FilterPruningCont
         folder = save_pretrained(model, Path(tmp) / "model", controller=controller, model_args=model_args)
         model_card(model, repo_id, base_model=base_model, recipe=recipe).save(folder / "README.md")
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, commit_message=commit_message)
+        return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, commit_message=commit_message,
+                                 revision=revision)

@@ -1,19 +1,28 @@
-"""ONNX export through Optimum's exporter, checked against PyTorch with ONNX Runtime.
+"""ONNX export, checked against PyTorch with ONNX Runtime.
 
-Optimum infers the library (transformers or timm) from the model's class, which a strip keeps. The
-export runs on a shallow copy (Optimum gives timm models a ``config`` attribute; the copy's
-``pretrained_cfg`` also carries the model's current input size, which Optimum's dummy inputs follow).
-Optimum is imported on first export: it takes seconds, which ``import hf_prune`` should not.
+Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` with a dynamic batch
+axis, and dynamic height and width where the model allows, the class logits as first output):
+
+- Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed. It infers
+  the library (transformers or timm) from the model's class, which a strip keeps. The export runs on a
+  shallow copy (Optimum gives timm models a ``config`` attribute; the copy's ``pretrained_cfg`` also
+  carries the model's current input size, which Optimum's dummy inputs follow).
+- torch.onnx's dynamo exporter (``pip install hf_prune[onnx]``, any transformers) otherwise. The
+  TorchScript-based exporter is deprecated since torch 2.9; the dynamo exporter is torch's default,
+  is what torch maintains, and exports transformers 5 models as they are written.
+
+Optimum, onnxscript and ONNX Runtime are imported on first export: they take seconds, which
+``import hf_prune`` should not.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -22,7 +31,7 @@ from ..errors import HfPruneError
 from ..graph.surgery import shallow_copy
 from .serialization import ensure_stripped, from_pretrained, input_size, logits, model_library
 
-__all__ = ["OnnxExportError", "check_onnx", "export_onnx"]
+__all__ = ["OnnxExportError", "check_onnx", "export_onnx", "exporter"]
 
 ONNX_NAME = "model.onnx"
 CHECK_BATCH = 3
@@ -45,19 +54,39 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
                 controller: FilterPruningController | None = None, opset: int | None = None,
                 task: str = "image-classification", rtol: float = 1e-4, atol: float = 1e-4) -> Path:
     """Export a transformers or timm model (or a directory :func:`~hf_prune.from_pretrained` reads) to
-    ``output_dir/model.onnx`` through Optimum, then check ONNX Runtime against PyTorch.
+    ``output_dir/model.onnx`` (Optimum's exporter where installed, else torch.onnx), then check ONNX
+    Runtime against PyTorch.
 
     A model whose masks are still active is stripped first (a copy; ``controller`` required). Raises
     :class:`OnnxExportError` when the outputs differ beyond ``rtol``/``atol`` (see :func:`check_onnx`).
     Returns the path of the ONNX file.
     """
-    from optimum.exporters.onnx import onnx_export_from_model
-
     if isinstance(model_or_dir, (str, os.PathLike)):
         model = from_pretrained(model_or_dir)
     else:
         model = ensure_stripped(model_or_dir, controller, "export")
     output = Path(output_dir)
+    if exporter() == "optimum":
+        _export_optimum(model, output, task, opset)
+    else:
+        _export_torch(model, output, opset)
+    path = output / ONNX_NAME
+    check_onnx(model, path, rtol=rtol, atol=atol)
+    return path
+
+
+def exporter() -> str:
+    """``"optimum"`` where Optimum's ONNX exporter is installed, else ``"torch"`` (torch.onnx, dynamo)."""
+    try:
+        found = importlib.util.find_spec("optimum.exporters.onnx") is not None
+    except ModuleNotFoundError:  # no optimum at all
+        found = False
+    return "optimum" if found else "torch"
+
+
+def _export_optimum(model: nn.Module, output: Path, task: str, opset: int | None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # Optimum uses torch's TorchScript-based exporter
@@ -65,9 +94,35 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
             onnx_export_from_model(_exportable(model), output=output, task=task, opset=opset, do_validation=False)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise OnnxExportError(f"Optimum could not export {type(model).__name__} to {output}: {exc}") from exc
-    path = output / ONNX_NAME
-    check_onnx(model, path, rtol=rtol, atol=atol)
-    return path
+
+
+class _Logits(nn.Module):
+    """``pixel_values`` → class logits, for transformers and timm models alike."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return logits(self.model, pixel_values)
+
+
+def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
+    if importlib.util.find_spec("onnxscript") is None:
+        raise OnnxExportError("ONNX export needs onnxscript (torch.onnx's exporter) or Optimum: "
+                              "pip install 'hf_prune[onnx]' or 'hf_prune[optimum]'")
+    output.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(2, *input_size(model))
+    auto = torch.export.Dim.AUTO  # dynamic where the model allows (batch; height and width for most convnets)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True, opset_version=opset,
+                                        input_names=["pixel_values"], output_names=["logits"],
+                                        dynamic_shapes={"pixel_values": {0: auto, 2: auto, 3: auto}}, verbose=False)
+            program.save(str(output / ONNX_NAME))
+    except Exception as exc:  # torch.export and onnxscript raise many error types
+        raise OnnxExportError(f"torch.onnx could not export {type(model).__name__} to {output}: {exc}") from exc
 
 
 @torch.no_grad()
@@ -80,6 +135,8 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], *, batch_siz
     was_training = model.training
     expected = logits(model.eval(), pixel_values).numpy()
     model.train(was_training)
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {session.get_inputs()[0].name: pixel_values.numpy()})[0]
     if actual.shape != expected.shape:

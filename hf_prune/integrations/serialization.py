@@ -4,12 +4,16 @@ A stripped model differs from the architecture its config describes only in tens
 ``groups``. ``config.json`` records that difference against the dense model the config builds (see
 :func:`~hf_prune.graph.surgery.shape_spec`) in a *pruning record*::
 
-    {"quant_method": "hf_prune", "format_version": 1, "shape_spec": {...}, "pruning": {...} | null}
+    {"quant_method": "hf_prune", "format_version": 1, "shape_spec": {...}, "dense_shapes": {...},
+     "pruning": {...} | null}
 
 - transformers: under ``quantization_config``. Importing hf_prune registers a loader for it with
-  transformers' quantization hooks, so ``AutoModel*.from_pretrained(dir)`` narrows the freshly built
-  model before its weights load. The quantizer flags are removed after loading (the model is not
-  quantized; it trains and saves normally) and the record stays in ``config.quantization_config``.
+  transformers' quantization hooks (:mod:`hf_prune.integrations.loader`), so
+  ``AutoModel*.from_pretrained(dir)`` narrows the freshly built model before its weights load. The
+  quantizer flags are removed after loading (the model is not quantized; it trains and saves
+  normally) and the record stays in ``config.quantization_config``. ``dense_shapes`` (the unpruned
+  shapes of the recorded tensors) tells which dimensions were pruned, so that a reload with another
+  head (``num_labels=3, ignore_mismatched_sizes=True``) narrows only those.
 - timm: under ``hf_prune``, beside timm's Hub fields (``architecture``, ``num_classes``,
   ``pretrained_cfg``, ``model_args``); weights in ``model.safetensors``.
 
@@ -21,40 +25,32 @@ controller in ``pruning_state.pt``, for :func:`load_pruning_controller` to resum
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-import timm
 import torch
-import transformers
-from huggingface_hub import snapshot_download
-from safetensors import safe_open
-from safetensors.torch import load_file
-from timm.models import save_for_hf
-from timm.models._input import get_model_args, get_model_input_config
 from torch import nn
-from transformers import AutoModelForImageClassification, PreTrainedModel
-from transformers.quantizers.auto import (
-    AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer,
-)
-from transformers.quantizers.base import HfQuantizer
-from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..algorithm.controller import STRIP_HOOKS, FilterPruningController, create_pruning_controller, has_pruning_masks
-from ..config import PruningConfig
 from ..errors import HfPruneError, PruningLevelError
-from ..graph.surgery import resize_to_spec, shape_spec
+
+if TYPE_CHECKING:
+    from ..algorithm.controller import FilterPruningController
 
 __all__ = [
-    "FORMAT_VERSION", "PrunedModelError", "dense_reference", "ensure_stripped", "from_pretrained", "input_size",
-    "load_pruning_controller", "logits", "model_library", "pruning_record", "save_pretrained", "save_pruning_state",
-    "saved_record",
+    "FORMAT_VERSION", "PrunedModelError", "check_weights", "dense_reference", "ensure_stripped", "from_pretrained",
+    "input_size", "load_pruning_controller", "logits", "model_library", "narrow", "pruning_record", "save_pretrained",
+    "save_pruning_state", "saved_record", "set_record", "weight_files",
 ]
 
 FORMAT_VERSION = 1
@@ -67,6 +63,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 STATE_NAME = "pruning_state.pt"
+CONTROLLER_MODULE = "hf_prune.algorithm.controller"
+"""Holds the strip hooks; :func:`_record_strip` joins them."""
+QUANTIZERS_MODULE = "transformers.quantizers.auto"
+"""transformers' registry of quantizers, where :mod:`hf_prune.integrations.loader` registers itself."""
 MAX_LISTED = 5
 """Mismatches named in an error before the rest are counted."""
 
@@ -77,7 +77,8 @@ class PrunedModelError(HfPruneError, ValueError):
 
 # ---------------------------------------------------------------------------------------------- records
 def _is_transformers(model: nn.Module) -> bool:
-    return isinstance(model, PreTrainedModel)
+    transformers = sys.modules.get("transformers")  # no transformers model exists before transformers is imported
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -98,6 +99,8 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     """(channels, height, width) ``model`` takes: timm's current input config, or a transformers config's
     ``image_size`` (224 for convnets whose config has none)."""
     if model_library(model) == "timm":
+        from timm.models._input import get_model_input_config
+
         return tuple(get_model_input_config(model)["input_size"])
     size = getattr(model.config, "image_size", 224)
     height, width = size if isinstance(size, (list, tuple)) else (size, size)
@@ -115,13 +118,14 @@ def pruning_record(model: nn.Module) -> dict[str, Any] | None:
     """The pruning record ``model`` carries (from its last strip, save or load), or None."""
     if _is_transformers(model):
         record = getattr(model.config, "quantization_config", None)
-        if isinstance(record, QuantizationConfigMixin):
-            record = record.to_dict()
+        if record is not None and not isinstance(record, dict):
+            record = record.to_dict()  # a QuantizationConfigMixin
         return record if isinstance(record, dict) and record.get("quant_method") == QUANT_METHOD else None
     return getattr(model, TIMM_ATTR, None)
 
 
-def _set_record(model: nn.Module, record: dict[str, Any] | None) -> None:
+def set_record(model: nn.Module, record: dict[str, Any] | None) -> None:
+    """Attach ``record`` to ``model`` (transformers: its config; timm: an attribute), or remove it (None)."""
     if _is_transformers(model):
         if record is not None:
             model.config.quantization_config = record
@@ -141,6 +145,9 @@ def dense_reference(model: nn.Module, model_args: dict[str, Any] | None = None) 
     kind = model_library(model)
     with torch.device("meta"):
         if kind == "timm":
+            import timm
+            from timm.models._input import get_model_args
+
             return timm.create_model(model.pretrained_cfg["architecture"], **get_model_args(model, model_args))
         config = copy.deepcopy(model.config)
         if pruning_record(model) is not None:
@@ -159,10 +166,14 @@ def _summary(controller: FilterPruningController) -> dict[str, Any]:
 def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
                  model_args: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The record of ``model``'s shapes, None if it has its config's shapes; checks a reload can rebuild it."""
+    from ..graph.surgery import resize_to_spec, shape_spec
+
     dense = dense_reference(model, model_args)
     spec = shape_spec(model, dense)
     if not spec["shapes"]:
         return None
+    dense_state = dense.state_dict()
+    dense_shapes = {name: list(dense_state[name].shape) for name in spec["shapes"] if name in dense_state}
     try:
         resize_to_spec(dense, spec)
     except (KeyError, ValueError) as exc:
@@ -171,7 +182,8 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
     missing = sorted(set(dense.state_dict()) - set(model.state_dict()))
     if missing:
         raise PrunedModelError(f"{type(model).__name__} lacks tensors its config builds: {_listed(missing)}")
-    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "shape_spec": spec, "pruning": pruning}
+    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "shape_spec": spec,
+            "dense_shapes": dense_shapes, "pruning": pruning}
 
 
 def _record_strip(model: nn.Module, controller: FilterPruningController) -> None:
@@ -179,7 +191,7 @@ def _record_strip(model: nn.Module, controller: FilterPruningController) -> None
     if not (_is_transformers(model) or _is_timm(model)):
         return
     try:
-        _set_record(model, _make_record(model, _summary(controller)))
+        set_record(model, _make_record(model, _summary(controller)))
     except PrunedModelError as exc:  # stripping must not fail for want of a reloadable config
         warnings.warn(f"the stripped model's shapes cannot be recorded for a reload: {exc}", UserWarning, stacklevel=3)
 
@@ -196,11 +208,32 @@ def _check_record(record: Any, source: Path) -> None:
         raise PrunedModelError(f"{source}: the hf_prune record has no shape_spec")
 
 
-def _narrow(model: nn.Module, record: dict[str, Any], source: Path) -> None:
+def _fitted_spec(model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
+    """``record``'s shape spec with every unpruned dimension taken from ``model`` (a new head's width, say).
+
+    Records without ``dense_shapes`` (hf_prune 0.1 before it was added) are taken as they are.
+    """
+    spec, dense_shapes = record["shape_spec"], record.get("dense_shapes")
+    if not isinstance(dense_shapes, dict):
+        return spec
+    state = model.state_dict()
+    shapes = {}
+    for name, shape in spec["shapes"].items():
+        current, dense = state.get(name), dense_shapes.get(name)
+        if current is None or dense is None or not len(dense) == len(shape) == current.dim():
+            shapes[name] = shape
+        else:
+            shapes[name] = [n if n != d else c for n, d, c in zip(shape, dense, current.shape)]
+    return {**spec, "shapes": shapes}
+
+
+def narrow(model: nn.Module, record: dict[str, Any], source: Path) -> None:
     """Narrow a freshly built dense model to the shapes ``record`` (read from ``source``) describes."""
+    from ..graph.surgery import resize_to_spec
+
     _check_record(record, source)
     try:
-        resize_to_spec(model, record["shape_spec"])
+        resize_to_spec(model, _fitted_spec(model, record))
     except (KeyError, ValueError) as exc:
         raise PrunedModelError(f"{source}: the recorded shapes do not fit {type(model).__name__} (a config of a "
                                f"different architecture?): {exc.args[0]}") from None
@@ -212,7 +245,8 @@ def _listed(items: list[str]) -> str:
     return "; ".join(items[:MAX_LISTED]) + more
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of the model saved in ``directory`` (sharded or not)."""
     index = directory / WEIGHTS_INDEX_NAME
     if index.is_file():
         return [directory / name for name in sorted(set(_read_json(index)["weight_map"].values()))]
@@ -221,22 +255,53 @@ def _weight_files(directory: Path) -> list[Path]:
     raise PrunedModelError(f"{directory}: missing {WEIGHTS_NAME} (the model's weights)")
 
 
-def _check_weights(model: nn.Module, directory: Path) -> None:
-    """Every tensor in the weight files of ``directory`` exists in ``model`` with the same shape, and back."""
-    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
-    found: dict[str, tuple[tuple[int, ...], str]] = {}
-    for file in _weight_files(directory):
-        if not file.is_file():
-            raise PrunedModelError(f"{directory}: missing {file.name}, listed in {WEIGHTS_INDEX_NAME}")
+def _model_key(model: nn.Module, key: str) -> str:
+    """The state-dict key of ``model`` that a saved tensor ``key`` loads into (transformers saves a
+    ``TimmWrapper*`` model's weights without its ``timm_model.`` prefix, as timm's Hub files are)."""
+    if isinstance(getattr(model, "timm_model", None), nn.Module) and not key.startswith("timm_model."):
+        return f"timm_model.{key}"
+    return key
+
+
+def _weight_shapes(file: Path, source: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the safetensors ``file``; a missing or damaged file is named."""
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise PrunedModelError(f"{source}: missing {file.name}, listed in {WEIGHTS_INDEX_NAME}")
+    try:
         with safe_open(file, framework="pt") as f:
-            found.update({key: (tuple(f.get_slice(key).get_shape()), file.name) for key in f.keys()})
-    problems = [f"{key}: {shape} in {file}, {expected[key]} recorded in {CONFIG_NAME}"
-                for key, (shape, file) in found.items() if key in expected and shape != expected[key]]
-    problems += [f"{key} is missing from the weights" for key in expected if key not in found]
-    problems += [f"{key} (in {file}) is not a tensor of {type(model).__name__}"
-                 for key, (_, file) in found.items() if key not in expected]
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except SafetensorError as exc:
+        raise PrunedModelError(f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+
+
+def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.PathLike[str], *,
+                  only_recorded: dict[str, Any] | None = None) -> None:
+    """Every tensor in the weight ``files`` exists in ``model`` with the same shape, and back.
+
+    ``only_recorded``: a pruning record; then only the pruned dimensions of its tensors are compared, and
+    only where the file names them as the model does: transformers' loader reports the rest itself (a new
+    head it re-initializes with ``ignore_mismatched_sizes``; transformers 5 renames some checkpoint keys).
+    """
+    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    found = {_model_key(model, key): (shape, file.name)
+             for file in files for key, shape in _weight_shapes(file, source).items()}
+    if only_recorded is not None:
+        recorded, dense = only_recorded["shape_spec"]["shapes"], only_recorded.get("dense_shapes") or {}
+        pruned = {key: [(d, n) for d, n in enumerate(shape) if key not in dense or n != dense[key][d]]
+                  for key, shape in recorded.items()}
+        problems = [f"{key}: {shape} in {file}, {tuple(recorded[key])} recorded in {CONFIG_NAME}"
+                    for key, (shape, file) in found.items() if key in pruned and (
+                        len(shape) != len(recorded[key]) or any(shape[d] != n for d, n in pruned[key]))]
+    else:
+        problems = [f"{key}: {shape} in {file}, {expected[key]} recorded in {CONFIG_NAME}"
+                    for key, (shape, file) in found.items() if key in expected and shape != expected[key]]
+        problems += [f"{key} is missing from the weights" for key in expected if key not in found]
+        problems += [f"{key} (in {file}) is not a tensor of {type(model).__name__}"
+                     for key, (_, file) in found.items() if key not in expected]
     if problems:
-        raise PrunedModelError(f"{directory}: the weights do not match the model {CONFIG_NAME} describes: "
+        raise PrunedModelError(f"{source}: the weights do not match the model {CONFIG_NAME} describes: "
                                f"{_listed(problems)}")
 
 
@@ -271,6 +336,8 @@ def _atomic_directory(target: Path) -> Iterator[Path]:
 
 def ensure_stripped(model: nn.Module, controller: FilterPruningController | None, action: str) -> nn.Module:
     """``model`` itself if no masks act in it; else a stripped copy (``controller`` required)."""
+    from ..algorithm.controller import has_pruning_masks
+
     if not has_pruning_masks(model):
         return model
     if controller is None:
@@ -294,6 +361,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *,
     ``model_args``: timm constructor arguments the factory did not record. ``kwargs`` go to
     transformers' ``save_pretrained``. Returns the directory.
     """
+    from ..algorithm.controller import has_pruning_masks
+
     kind = model_library(model)
     masked = has_pruning_masks(model)
     if masked and (controller is None or controller.model is not model):
@@ -302,7 +371,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *,
     previous = pruning_record(model) or {}
     pruning = _summary(controller) if controller is not None else previous.get("pruning")
     record = _make_record(model, pruning, model_args)
-    _set_record(model, record)
+    set_record(model, record)
     target = Path(save_directory)
     with _atomic_directory(target) as tmp:
         if kind == "transformers":
@@ -317,6 +386,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *,
 def _save_timm(model: nn.Module, directory: Path, record: dict[str, Any] | None,
                model_args: dict[str, Any] | None) -> None:
     """timm's Hub layout (``save_for_hf``), with the record added to config.json."""
+    from timm.models import save_for_hf
+
     save_for_hf(model, str(directory), model_args=model_args, safe_serialization=True)
     if record is not None:
         config = _read_json(directory / CONFIG_NAME)
@@ -336,9 +407,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_timm_config(config: dict[str, Any]) -> bool:
+    """timm's Hub config (transformers' ``TimmWrapperConfig`` also has ``architecture``, and a ``model_type``)."""
+    return "architecture" in config and "model_type" not in config
+
+
 def saved_record(config: dict[str, Any]) -> Any:
     """The pruning record in a parsed config.json (transformers or timm), or None."""
-    if "architecture" in config:
+    if _is_timm_config(config):
         return config.get(TIMM_KEY)
     quantization = config.get("quantization_config")
     return quantization if isinstance(quantization, dict) and quantization.get("quant_method") == QUANT_METHOD else None
@@ -352,6 +428,8 @@ def _local_directory(path: str | os.PathLike[str]) -> Path:
     spec = str(path)
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise PrunedModelError(f"{spec}: no such directory")
+    from huggingface_hub import snapshot_download
+
     try:
         return Path(snapshot_download(spec))
     except (OSError, ValueError) as exc:
@@ -372,71 +450,36 @@ def from_pretrained(path: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
     record = saved_record(config)
     if record is not None:
         _check_record(record, config_file)
-        _weight_files(directory)  # missing weights: named here rather than by transformers' generic error
-    if "architecture" in config:
+        for file in weight_files(directory):  # missing or damaged weights: named here, not by transformers
+            _weight_shapes(file, source=directory)
+    if _is_timm_config(config):
         return _load_timm(directory, config, record)
     if "model_type" in config:
+        import transformers
+
         architectures = config.get("architectures") or []
         cls = getattr(transformers, architectures[0], None) if architectures else None
-        return (cls or AutoModelForImageClassification).from_pretrained(directory, **kwargs)
+        return (cls or transformers.AutoModelForImageClassification).from_pretrained(directory, **kwargs)
     raise PrunedModelError(f"{config_file}: neither a transformers config (no 'model_type') nor a timm config "
                            "(no 'architecture')")
 
 
 def _load_timm(directory: Path, config: dict[str, Any], record: dict[str, Any] | None) -> nn.Module:
+    import timm
+    from safetensors.torch import load_file
+
     config_file = directory / CONFIG_NAME
     try:
         model = timm.create_model(f"local-dir:{directory}", pretrained=False)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise PrunedModelError(f"{config_file}: cannot build timm model {config['architecture']!r}: {exc}") from None
     if record is not None:
-        _narrow(model, record, config_file)
-    _check_weights(model, directory)
-    for file in _weight_files(directory):
+        narrow(model, record, config_file)
+    check_weights(model, weight_files(directory), directory)
+    for file in weight_files(directory):
         model.load_state_dict(load_file(file), strict=False)
-    _set_record(model, record)
+    set_record(model, record)
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------- transformers hooks
-class PrunedShapesConfig(QuantizationConfigMixin):
-    """The pruning record of a transformers config.json, as transformers' quantization machinery reads it."""
-
-    def __init__(self, **record: Any) -> None:
-        self.quant_method = QUANT_METHOD
-        self.record = {**record, "quant_method": QUANT_METHOD}
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.record)
-
-    def to_diff_dict(self) -> dict[str, Any]:
-        return self.to_dict()
-
-
-class PrunedShapesLoader(HfQuantizer):
-    """Not a quantizer: narrows the freshly built model to the recorded shapes before its weights load,
-    then removes every trace of quantization from the loaded model, keeping the record in its config."""
-
-    requires_calibration = False
-
-    def _process_model_before_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> None:
-        source = str(kwargs["config"].name_or_path)
-        directory = Path(source)
-        _narrow(model, self.quantization_config.record, directory / CONFIG_NAME)
-        if directory.is_dir():  # a Hub id: transformers reports mismatches itself
-            _check_weights(model, directory)
-
-    def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> None:
-        self.remove_quantization_config(model)
-        model.__dict__.pop("is_quantized", None)
-        _set_record(model, self.quantization_config.to_dict())
-
-    def is_serializable(self, safe_serialization: bool | None = None) -> bool:
-        return True
-
-    @property
-    def is_trainable(self) -> bool:
-        return True
 
 
 # ---------------------------------------------------------------------------------------------- runs in progress
@@ -469,6 +512,9 @@ def load_pruning_controller(model: nn.Module, directory: str | os.PathLike[str],
 
     Masks, levels and the schedule position are restored; pruning continues where it stopped.
     """
+    from ..algorithm.controller import create_pruning_controller
+    from ..config import PruningConfig
+
     path = Path(directory) / STATE_NAME
     if not path.is_file():
         raise PrunedModelError(f"{directory}: missing {STATE_NAME} (the directory holds no pruning run in progress)")
@@ -485,14 +531,51 @@ def load_pruning_controller(model: nn.Module, directory: str | os.PathLike[str],
     return controller
 
 
-def _register() -> None:
-    """Register the loader with transformers and the strip hook, once per process."""
-    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-        register_quantization_config(QUANT_METHOD)(PrunedShapesConfig)
-    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(QUANT_METHOD)(PrunedShapesLoader)
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Post-import hooks: ``callbacks[name]()`` runs right after module ``name`` is first executed."""
+
+    def __init__(self, callbacks: dict[str, Any]) -> None:
+        self.callbacks = callbacks
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        callback = self.callbacks.pop(name, None)
+        if callback is None:
+            return None
+        if not self.callbacks:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_call(module: ModuleType) -> None:
+            exec_module(module)
+            callback()
+
+        spec.loader.exec_module = exec_then_call  # type: ignore[method-assign]
+        return spec
+
+
+def _register_strip_hook() -> None:
+    from ..algorithm.controller import STRIP_HOOKS
+
     if _record_strip not in STRIP_HOOKS:
         STRIP_HOOKS.append(_record_strip)
 
 
-_register()
+def _register_loader() -> None:
+    importlib.import_module("hf_prune.integrations.loader").register()
+
+
+def register_hooks() -> None:
+    """Record a stripped model's shapes at every strip, and let transformers load stripped models, as soon
+    as the controller and transformers' quantization machinery are imported (at once where they are):
+    ``import hf_prune`` stays fast, and neither hook can be missed."""
+    hooks = {CONTROLLER_MODULE: _register_strip_hook, QUANTIZERS_MODULE: _register_loader}
+    for module in [m for m in hooks if m in sys.modules]:
+        hooks.pop(module)()
+    if hooks and not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(hooks))
+
+
+register_hooks()

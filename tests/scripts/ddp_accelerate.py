@@ -1,5 +1,5 @@
 """AcceleratedPruner in a custom loop on 2 processes (``accelerate launch --multi_gpu --num_processes 2``
-or ``torchrun --nproc_per_node 2``; ``Accelerator(cpu=True)`` makes it gloo on CPU).
+or ``torchrun --nproc_per_node 2``; gloo on CPU, or NCCL on GPUs with HF_PRUNE_TEST_DEVICE=cuda).
 
 Trains uninterrupted, then stops after epoch 1 and resumes with ``accelerator.load_state``; each rank
 saves its masks, parameters, BatchNorm statistics right after adaptation and its losses to
@@ -8,6 +8,7 @@ saves its masks, parameters, BatchNorm statistics right after adaptation and its
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,12 +20,15 @@ from common import PRUNING, run_full_and_resumed, summary, tiny_resnet
 from hf_prune.integrations.accelerate import AcceleratedPruner
 
 EPOCHS = 3
+ON_CUDA = os.environ.get("HF_PRUNE_TEST_DEVICE", "cpu") == "cuda"  # NCCL on GPUs, else gloo on CPU
+if ON_CUDA:  # resumed == uninterrupted needs deterministic kernels
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 # masks from the start (BatchNorm adaptation runs) and a controller loss that goes through DDP
 CONFIG = {"pruning_init": 0.25, "params": {**PRUNING["params"], "regularization_weight": 0.01}}
 
 
 def train(output_dir: Path, data, stop_after: int | None = None, resume: bool = False) -> dict:
-    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = Accelerator(cpu=not ON_CUDA, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     model = tiny_resnet()
     loader = DataLoader(data.train, batch_size=16, shuffle=True)
     pruner = AcceleratedPruner(accelerator, model, CONFIG, data_loader=loader)
