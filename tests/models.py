@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import timm
 import torch
+import transformers
 from transformers import (
     BeitConfig, BeitForImageClassification, CLIPConfig, CLIPForImageClassification, ConvNextConfig,
     ConvNextForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification, DeiTConfig,
@@ -80,8 +81,12 @@ HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_m
                "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "timm_swin",
                "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
 """Architectures whose attention heads are pruned."""
-HEADS_REFUSED = {"hf_clip": "CLIPAttention", "hf_siglip": "SiglipAttention"}
+HEADS_REFUSED = {"timm_beit": "Attention"}
 """Architectures whose heads cannot be stripped (their forward reshapes the attention output to the input width)."""
+if int(transformers.__version__.split(".")[0]) >= 5:
+    HEAD_MODELS += ["hf_clip", "hf_siglip"]
+else:  # transformers 4 reshapes CLIP's and SigLIP's attention output to the input's width
+    HEADS_REFUSED |= {"hf_clip": "CLIPAttention", "hf_siglip": "SiglipAttention"}
 
 ALL_MODELS = TIMM_MODELS + TIMM_TEST_MODELS + list(HF_MODELS)
 

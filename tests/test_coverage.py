@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from test_docs import DOCS, _generator
 
 
 def test_coverage_matrix_is_current_and_every_strip_exact():
-    expected = _generator().GENERATED["coverage.md"]()
+    generator = _generator()
+    text = (DOCS / "coverage.md").read_text(encoding="utf-8")
+    if f"transformers {generator.transformers_major()} " not in text:
+        pytest.skip(f"docs/coverage.md is measured on another transformers line than {generator.transformers_major()}")
+    expected = generator.GENERATED["coverage.md"]()
     assert "**no**" not in expected, "an architecture's strip is not exact"
-    assert (DOCS / "coverage.md").read_text(encoding="utf-8") == expected, \
-        "run: python docs/generate.py (coverage.md is stale)"
+    assert text == expected, "run: python docs/generate.py (coverage.md is stale)"
