@@ -143,13 +143,21 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
               if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
     spec = {"shapes": shapes, "conv_groups": groups}
     if reference is not None:
-        ref_modules = dict(reference.named_modules())
-        spec["attributes"] = {
-            f"{name}.{attr}": value for name, m in model.named_modules()
-            if name in ref_modules and not isinstance(m, WIDTH_LAYERS)
-            for attr, value in int_attributes(m).items() if int_attributes(ref_modules[name]).get(attr) != value
-        }
+        spec["attributes"] = _changed_attributes(model, reference)
     return spec
+
+
+def _changed_attributes(model: nn.Module, reference: nn.Module) -> dict[str, int]:
+    """``module.attr`` → value for each integer attribute that ``reference`` also has, with another value
+    (conv/linear/norm widths excluded: they follow the weights)."""
+    ref_modules = dict(reference.named_modules())
+    out: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if name not in ref_modules or isinstance(m, WIDTH_LAYERS):
+            continue
+        ref = int_attributes(ref_modules[name])
+        out |= {f"{name}.{attr}": v for attr, v in int_attributes(m).items() if attr in ref and ref[attr] != v}
+    return out
 
 
 @torch.no_grad()
