@@ -155,3 +155,16 @@ def test_a_reshape_that_is_not_a_head_split_is_refused_with_a_reason():
     assert fc and not any(g.prunable or g.attention is not None for g in fc)
     assert any("split by a reshape in <model> (_GroupedLinear), which is not a split into attention heads" in r
                for g in fc for r in g.reasons), [g.reasons for g in fc]
+
+
+def test_an_attribute_the_dense_model_lacks_is_not_recorded(tmp_path: Path):
+    """Integer attributes set after construction (a counter a forward sets) are not replayed on reload."""
+    model, inputs, logits = _randomized("hf_dinov2")
+    ctrl = _controller(model, inputs)
+    ctrl.set_pruning_level({gid: 0.5 for gid in _head_groups(ctrl)})
+    stripped = ctrl.strip_model(model, do_copy=True)
+    stripped.dinov2.encoder.calls = 3
+    save_pretrained(stripped, tmp_path / "model")
+    loaded = from_pretrained(tmp_path / "model").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits(loaded, inputs), logits(stripped, inputs), rtol=0, atol=0)
