@@ -1,58 +1,25 @@
-"""Module adapters: the width attributes of modules, kept in sync with their (sliced) weights.
+"""Module attributes that must follow their (sliced) weights.
 
-Conv/linear/norm layers are handled generically. Attention modules split their projections into heads
-with a reshape; an adapter for such a class tells the analysis which split is the head count (so the
-head group may be pruned) and refreshes ``num_heads``-style attributes after a strip. Reshape splits in
-modules without an adapter are never pruned, so a strip can never leave a stale attribute behind.
+Conv/linear/norm layers are refreshed from their parameter shapes. Any other module that splits channels
+with a reshape (attention into heads) keeps its widths in plain integer attributes (``num_heads``,
+``head_dim``, ``all_head_size``, ``attn_dim``, ...); :func:`resize_attributes` sets every integer attribute
+equal to an old size of a split space to the new size, whatever the class calls it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Collection, Mapping
 
 from torch import nn
 
-AttentionAdapter = tuple[Callable[[nn.Module], int], Callable[[nn.Module], None]]
-"""(number of heads of the module, refresh its attributes from its current weights)."""
+WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+"""Layers whose width attributes :func:`refresh_attributes` derives from their weights."""
 
-
-def _timm_heads(m: nn.Module) -> int:
-    return m.num_heads
-
-
-def _timm_update(m: nn.Module) -> None:
-    m.num_heads = m.qkv.out_features // (3 * m.head_dim)
-    m.attn_dim = m.num_heads * m.head_dim
-
-
-def _hf_heads(m: nn.Module) -> int:
-    return m.num_attention_heads
-
-
-def _hf_update(m: nn.Module) -> None:
-    m.num_attention_heads = m.query.out_features // m.attention_head_size
-    m.all_head_size = m.num_attention_heads * m.attention_head_size
-
-
-ATTENTION_ADAPTERS: dict[str, AttentionAdapter] = {
-    "timm.layers.attention.Attention": (_timm_heads, _timm_update),
-    "timm.models.vision_transformer.Attention": (_timm_heads, _timm_update),
-    "transformers.models.vit.modeling_vit.ViTSelfAttention": (_hf_heads, _hf_update),
-    "transformers.models.deit.modeling_deit.DeiTSelfAttention": (_hf_heads, _hf_update),
-}
-
-
-def class_path(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def attention_adapter(module: nn.Module) -> AttentionAdapter | None:
-    return ATTENTION_ADAPTERS.get(class_path(module))
+_PER_HEAD_WORDS = ("dim", "size", "width")
 
 
 def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
-    """Set a module's width attributes from its current parameter shapes."""
+    """Set a conv/linear/norm layer's width attributes from its current parameter shapes."""
     if isinstance(module, nn.modules.conv._ConvNd):
         if groups is not None:
             module.groups = groups
@@ -75,6 +42,23 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
     elif isinstance(module, nn.LayerNorm):
         if module.weight is not None:
             module.normalized_shape = tuple(module.weight.shape)
-    adapter = attention_adapter(module)
-    if adapter is not None:
-        adapter[1](module)
+
+
+def int_attributes(module: nn.Module) -> dict[str, int]:
+    """The plain integer attributes of a module (its own, not its children's)."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and type(v) is int}
+
+
+def resize_attributes(module: nn.Module, sizes: Mapping[int, int], unchanged: Collection[int] = ()) -> None:
+    """Set each integer attribute of ``module`` whose value is an old size in ``sizes`` to the new size.
+
+    ``unchanged`` are sizes of split factors that keep their size (the per-head width): where one equals a
+    changed size (4 heads of width 4), attributes named like a width (``head_dim``, ``head_size``) keep it.
+    """
+    for name, value in int_attributes(module).items():
+        new = sizes.get(value)
+        if new is None or new == value:
+            continue
+        if value in unchanged and any(w in name for w in _PER_HEAD_WORDS):
+            continue
+        setattr(module, name, new)

@@ -17,7 +17,6 @@ from typing import Any, Iterable, Sequence
 from torch import nn
 
 from ..errors import ScopeError
-from .adapters import attention_adapter, class_path
 from .spaces import SpaceTable
 from .trace import ModelTrace
 
@@ -45,6 +44,7 @@ class PruningGroup:
     reasons: list[str]
     flops: float  # dense FLOPs removed if the whole group were removed
     unit: int = 1  # kept channels are rounded to a multiple of this (in units of the group's index)
+    attention: str | None = None  # the module whose attention heads the group's channels are (None: not heads)
 
     @property
     def producers(self) -> list[str]:
@@ -58,6 +58,7 @@ class PruningGroup:
         return {
             "id": self.id, "channels": self.size, "prunable": self.prunable, "reasons": self.reasons,
             "producers": self.producers, "consumers": self.consumers, "flops": self.flops,
+            "attention_heads_of": self.attention,
             "members": [{"param": m.param, "dim": m.dim, "role": m.role} for m in self.members],
         }
 
@@ -145,7 +146,8 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
     ignored = _scope_matcher(policy.ignored_scopes, model, "ignored_scopes", policy.validate_scopes)
     targeted = (_scope_matcher(policy.target_scopes, model, "target_scopes", policy.validate_scopes)
                 if policy.target_scopes else None)
-    named_modules = dict(model.named_modules())
+    heads = head_leaves(trace)
+    head_roots = {T.find(s) for lab in trace.head_labels for s in lab}
 
     roles: dict[tuple[str, int], str] = {}
     for u in trace.uses:
@@ -182,7 +184,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
         if T.size(leaf) < 2 or not any(m.role == "out" for m in mems):
             continue
         reasons = T.reasons(leaf) + policy_reasons.get(leaf, [])
-        reasons += _split_reasons(T, leaf, named_modules, trace.module_classes)
+        reasons += _split_reasons(T, leaf, heads, head_roots, trace.module_classes)
         producers = sorted({m.module for m in mems if m.role == "out"})
         for p in producers:
             hit = ignored(p)
@@ -193,6 +195,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
         groups.append(PruningGroup(
             id=0, space=leaf, size=T.size(leaf), members=mems, prunable=not reasons, reasons=reasons,
             flops=flops.get(leaf, 0.0), unit=_rounding_unit(T, trace, leaf, mems, policy.channel_multiple),
+            attention=_attention_module(T, leaf) if leaf in heads else None,
         ))
     order = {name: i for i, name in enumerate(trace.param_labels)}
     groups.sort(key=lambda g: min(order[m.param] for m in g.members if m.role == "out"))
@@ -201,28 +204,37 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
     return groups
 
 
-def _split_reasons(T: SpaceTable, leaf: int, named_modules: dict[str, nn.Module], classes: dict[str, str]) -> list[str]:
-    """Reasons from reshapes that split channels: allowed only for the head count of known attention."""
+def head_leaves(trace: ModelTrace) -> set[int]:
+    """The channel spaces that are attention heads: batch dimensions of a per-head contraction."""
+    T = trace.table
+    return {leaf for lab in trace.head_labels for leaf in T.leaves(lab)}
+
+
+def _attention_module(T: SpaceTable, leaf: int) -> str:
+    """The module whose reshape split a head space from its projection's channels."""
+    return next((d.site.module for _, d in T.ancestors(leaf) if d is not None and d.site.cause == "reshape"), "")
+
+
+def _split_reasons(T: SpaceTable, leaf: int, heads: set[int], head_roots: set[int],
+                   classes: dict[str, str]) -> list[str]:
+    """Reasons from reshapes that split channels: only the heads of attention may be pruned through one."""
     reasons: list[str] = []
-    stack, seen = [leaf], set()
-    while stack:
-        space = stack.pop()
-        if space in seen:
+    if leaf in heads:
+        if any(p in head_roots for p in T.parents(leaf)):  # a head space split into groups of heads
+            reasons.append("attention heads are split into groups (grouped-query attention: query heads share "
+                           "key/value heads), which are not pruned")
+        return reasons
+    for _, d in T.ancestors(leaf):
+        if d is None or d.site.cause != "reshape":
             continue
-        seen.add(space)
-        for parent in T.parents(space):
-            d = T.decomposition(parent)
-            stack.append(parent)
-            if d is None or d.site.cause != "reshape":
-                continue
-            module = named_modules.get(d.site.module)
-            adapter = attention_adapter(module) if module is not None else None
-            if adapter is None:
-                cls = classes.get(d.site.module, "?")
-                reasons.append(f"channels are split by a reshape in {d.site.module or '<model>'} ({cls}), "
-                               "which has no attention adapter")
-            elif space == leaf and T.size(leaf) != adapter[0](module):
-                reasons.append(f"only whole heads of {d.site.module} ({class_path(module)}) can be pruned")
+        where = f"{d.site.module or '<model>'} ({classes.get(d.site.module, '?')})"
+        if any(c in heads for c in T.leaves(tuple(d.children))):
+            reason = f"channels inside the attention heads of {where}: only whole heads are pruned"
+        else:
+            reason = (f"channels are split by a reshape in {where}, which is not a split into attention heads "
+                      "(heads are recognized by a per-head matmul or scaled_dot_product_attention)")
+        if reason not in reasons:
+            reasons.append(reason)
     return reasons
 
 

@@ -101,6 +101,20 @@ class SpaceTable:
                 out.append(self.find(origin))
         return out
 
+    def ancestors(self, sid: int) -> list[tuple[int, Decomposition]]:
+        """Every (root, decomposition) a space was decomposed from, transitively, nearest first."""
+        out: list[tuple[int, Decomposition]] = []
+        seen: set[int] = set()
+        stack = self.parents(sid)
+        while stack:
+            root = stack.pop(0)
+            if root in seen:
+                continue
+            seen.add(root)
+            out.append((root, self._roots[root].decomposition))
+            stack.extend(self.parents(root))
+        return out
+
     def share(self, label: Label, leaf: int) -> float:
         """Fraction of a factor list's positions that index into ``leaf``."""
         return max((self._space_share(s, self.find(leaf)) for s in label), default=0.0)
@@ -190,9 +204,28 @@ class SpaceTable:
             if same:
                 for ca, cb in zip(da.children, db.children):
                     self.union(ca, cb)
+            elif {da.kind, db.kind} == {"product", "sum"}:
+                product, sums = (da, db) if da.kind == "product" else (db, da)
+                A.decomposition = product
+                if not self._absorb_sum(product, sums):
+                    self.block(ra, f"channels are split in two incompatible ways ({da.site}; {db.site})")
             else:
                 self.block(ra, f"channels are split in two incompatible ways ({da.site}; {db.site})")
         return self.find(ra)
+
+    def _absorb_sum(self, product: Decomposition, sums: Decomposition) -> bool:
+        """Reconcile k equal segments (a concat of q, k and v biases) with a product [k, rest] of the same
+        space (their reshape into 3 × heads × head_dim): every segment is the product's ``rest``."""
+        sizes = {self.size(c) for c in sums.children}
+        if len(sizes) != 1:
+            return False
+        grouped = self._group_product(product.children, [len(sums.children), sizes.pop()])
+        if grouped is None:
+            return False
+        rest = self.space_for(tuple(grouped[1]), product.site)
+        for c in sums.children:
+            self.union(c, rest)
+        return True
 
     def unify(self, a: Label, b: Label) -> Label:
         """Make two factor lists of equal total size index the same thing; returns ``a``."""
@@ -247,15 +280,24 @@ class SpaceTable:
                 grouped = self._group_product(existing.children, sizes)
                 if grouped is not None:
                     return [self.space_for(g, site) for g in grouped]
+            if existing.kind == "sum" and kind == "product":
+                product = Decomposition(kind, self._children(root, sizes), site)
+                if self._absorb_sum(product, existing):
+                    self._roots[self.find(root)].decomposition = product
+                    return list(product.children)
             self.block(root, f"channels are split in two incompatible ways ({existing.site}; {site})")
             return None
+        children = self._children(root, sizes)
+        info.decomposition = Decomposition(kind, children, site)
+        return list(children)
+
+    def _children(self, root: int, sizes: Sequence[int]) -> list[int]:
         children = []
         for n in sizes:
             c = self.new(n)
             self._origin[c] = root
             children.append(c)
-        info.decomposition = Decomposition(kind, children, site)
-        return list(children)
+        return children
 
     def _group_product(self, children: list[int], sizes: Sequence[int]) -> list[list[int]] | None:
         groups: list[list[int]] = []

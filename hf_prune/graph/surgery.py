@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from .adapters import refresh_attributes
+from .adapters import WIDTH_LAYERS, int_attributes, refresh_attributes, resize_attributes
 from .spaces import SpaceTable
 from .trace import ModelTrace
 
@@ -59,9 +59,31 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     for conv in trace.convs:
         if conv.groups_label is not None and conv.weight is not None:
             groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
-    for name, module in reversed(modules.items()):  # children first: adapters read their widths
+    for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
+    for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
+        resize_attributes(modules[name], sizes, unchanged)
     return model
+
+
+def _split_sizes(T: SpaceTable, leaf_masks: dict[int, torch.Tensor]) -> dict[str, tuple[dict[int, int], set[int]]]:
+    """Per module that splits pruned channels with a reshape (attention into heads): old size → new size of
+    each split space and of its factors, and the sizes of factors that keep theirs."""
+    out: dict[str, tuple[dict[int, int], set[int]]] = {}
+    for leaf, mask in leaf_masks.items():
+        if bool(mask.all()):
+            continue
+        for root, d in T.ancestors(leaf):
+            if d is None or d.site.cause != "reshape":
+                continue
+            sizes, unchanged = out.setdefault(d.site.module, ({}, set()))
+            for space in [root] + d.children:
+                old, new = T.size(space), int(T.label_mask((space,), leaf_masks).sum())
+                if new == old:
+                    unchanged.add(old)
+                else:
+                    sizes[old] = new
+    return out
 
 
 @torch.no_grad()
@@ -109,7 +131,8 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     """What a reload needs to rebuild a stripped model from its dense definition.
 
     Lists the shape of every parameter/buffer that differs from ``reference`` (the dense model; all
-    of them when None) and the ``groups`` of every grouped convolution.
+    of them when None), the ``groups`` of every grouped convolution and, given ``reference``, every
+    integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned).
     """
     ref = dict(reference.state_dict()) if reference is not None else {}
     shapes = {
@@ -118,7 +141,23 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     }
     groups = {name: m.groups for name, m in model.named_modules()
               if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
-    return {"shapes": shapes, "conv_groups": groups}
+    spec = {"shapes": shapes, "conv_groups": groups}
+    if reference is not None:
+        spec["attributes"] = _changed_attributes(model, reference)
+    return spec
+
+
+def _changed_attributes(model: nn.Module, reference: nn.Module) -> dict[str, int]:
+    """``module.attr`` → value for each integer attribute that ``reference`` also has, with another value
+    (conv/linear/norm widths excluded: they follow the weights)."""
+    ref_modules = dict(reference.named_modules())
+    out: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if name not in ref_modules or isinstance(m, WIDTH_LAYERS):
+            continue
+        ref = int_attributes(ref_modules[name])
+        out |= {f"{name}.{attr}": v for attr, v in int_attributes(m).items() if attr in ref and ref[attr] != v}
+    return out
 
 
 @torch.no_grad()
@@ -142,6 +181,12 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
         else:
             module._buffers[attr] = new.clone()
     groups = spec.get("conv_groups", {})
-    for name, module in reversed(modules.items()):
+    for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
+    for key, value in spec.get("attributes", {}).items():
+        module_name, _, attr = key.rpartition(".")
+        module = modules.get(module_name)
+        if module is None or attr not in int_attributes(module):
+            raise KeyError(f"{key}: recorded in the shape spec but not an integer attribute of {type(model).__name__}")
+        setattr(module, attr, value)
     return model

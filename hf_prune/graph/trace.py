@@ -10,7 +10,7 @@ seconds of ``torch.export``. Module hooks give every op its module path for erro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -79,6 +79,9 @@ class ModelTrace:
     input_labels: list[Label]
     module_classes: dict[str, str]
     num_ops: int = 0
+    head_labels: list[Label] = field(default_factory=list)
+    """Batch dimensions of per-head contractions (``scaled_dot_product_attention``, a matmul of two
+    activations): the attention heads, when a reshape split them from a projection's channels."""
 
 
 _IDENTITY = {
@@ -124,6 +127,11 @@ _SDPA = {
     aten._scaled_dot_product_fused_attention_overrideable,
 }
 
+_SDPA_BIAS_AT_3 = {
+    aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+    aten._scaled_dot_product_fused_attention_overrideable,
+}
+
 
 def _tensors(xs: Iterable[Any]) -> list[torch.Tensor]:
     return [x for x in xs if isinstance(x, torch.Tensor)]
@@ -157,6 +165,7 @@ class _Tracer(TorchDispatchMode):
         self.convs: list[ConvRecord] = []
         self.computed_weights: dict[str, str] = {}
         self.opaque_ops: dict[str, str] = {}  # module → why an op without a channel rule blocks its parameters
+        self.head_labels: list[Label] = []
         self.stack: list[str] = [""]
         self.last_op = ""
         self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
@@ -169,7 +178,7 @@ class _Tracer(TorchDispatchMode):
             aten.cat: self._cat, aten.stack: self._stack, aten.slice: self._slice, aten.select: self._select,
             aten.split: self._split, aten.split_with_sizes: self._split, aten.unbind: self._unbind,
             aten.constant_pad_nd: self._pad, aten.copy_: self._pointwise,
-            aten.as_strided: self._restride, aten.as_strided_: self._restride,
+            aten.as_strided: self._restride, aten.as_strided_: self._restride, aten.index: self._index,
         }
         for ops, rule in ((_IDENTITY, self._identity), (_ELEMENTWISE, self._pointwise), (_VIEW_LIKE, self._reshape),
                           (_SPATIAL_OPS, self._spatial),
@@ -483,6 +492,8 @@ class _Tracer(TorchDispatchMode):
             self._use(b, b.labels[-1], "out")
         elif a.param is None:
             self.table.block_label(a.labels[-1], f"contracted between two activations by {where}")
+            if a_t.dim() == 3:
+                self.head_labels.append(a.labels[0])
         else:
             self.computed_weights[self.module] = f"its weight is the left operand of {where}"
         if bias is not None:
@@ -496,6 +507,19 @@ class _Tracer(TorchDispatchMode):
     def _sdpa(self, func, args, kwargs, out):
         q, k, v = (self.info(t) for t in args[:3])
         where = self.where(self.last_op)
+        if args[0].shape[1] != args[1].shape[1]:  # grouped-query attention: query heads share key/value heads
+            self.block_all(list(args[:3]), f"grouped-query attention ({args[0].shape[1]} query heads, "
+                                            f"{args[1].shape[1]} key/value heads) in {where}: heads are not pruned")
+            self.set(out[0], self.fresh(out[0], f"produced by {where}"), op=self.last_op)
+            self.label_outputs(_tensors(out[1:]), f"statistics of {where}")
+            return
+        self.head_labels.append(q.labels[1])
+        mask = kwargs.get("attn_mask", args[3] if func.overloadpacket in _SDPA_BIAS_AT_3 and len(args) > 3 else None)
+        if isinstance(mask, torch.Tensor):  # a per-head bias (relative positions) follows the heads
+            m, offset = self.info(mask), 4 - mask.dim()
+            for d in range(max(0, 2 - offset)):  # its batch and head dimensions, where not broadcast
+                if mask.shape[d] == args[0].shape[offset + d]:
+                    self.table.unify(q.labels[offset + d], m.labels[d])
         for d in (0, 1):
             self.table.unify(q.labels[d], k.labels[d])
             self.table.unify(q.labels[d], v.labels[d])
@@ -506,6 +530,38 @@ class _Tracer(TorchDispatchMode):
         outs = out if isinstance(out, (tuple, list)) else (out,)
         self.set(outs[0], [q.labels[0], q.labels[1], q.labels[2], v.labels[3]], op=self.last_op)
         self.label_outputs(_tensors(outs[1:]), f"statistics of {where}")
+
+    def _index(self, func, args, kwargs, out):
+        """``x[..., idx, ...]``: indexed dimensions are blocked, the others keep their labels (a per-head table
+        gathered by relative positions keeps its head dimension)."""
+        t, indices = args[0], list(args[1])
+        where = self.where(self.last_op)
+        idx = _tensors(indices)
+        self.block_all(idx, f"used as indices by {where}")
+        labels = None
+        if not any(i.dtype in (torch.bool, torch.uint8) for i in idx):  # a mask's output shape is data-dependent
+            labels = self._gather_labels(self.info(t), [d for d, i in enumerate(indices) if i is not None],
+                                         len(indices), out, where)
+        if labels is None:
+            self.block_all([t], f"indexed irregularly by {where}")
+            labels = self.fresh(out, f"produced by {where}")
+        self.set(out, labels, op=self.last_op)
+
+    def _gather_labels(self, x: TensorInfo, indexed: list[int], n: int, out: torch.Tensor,
+                       where: str) -> list[Label] | None:
+        for d in indexed:
+            self.table.block_label(x.labels[d], f"indexed by {where}")
+        first, last = indexed[0], indexed[-1]
+        if indexed == list(range(first, last + 1)):  # adjacent: the gathered dimensions replace them in place
+            lead, tail = list(x.labels[:first]), list(x.labels[last + 1:n])
+        else:  # torch puts the gathered dimensions first
+            lead, tail = [], [lab for d, lab in enumerate(x.labels[:n]) if d not in indexed]
+        tail += x.labels[n:]
+        gathered = out.dim() - len(lead) - len(tail)
+        if gathered < 0:
+            return None
+        new = [self.table.new_label(s, f"produced by {where}") for s in out.shape[len(lead):len(lead) + gathered]]
+        return lead + new + tail
 
     def _cat(self, func, args, kwargs, out):
         dim = (args[1] if len(args) > 1 else kwargs.get("dim", 0)) % out.dim()
@@ -714,4 +770,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         input_labels=input_labels,
         module_classes={n: type(m).__name__ for m, n in names.items()},
         num_ops=tracer.num_ops,
+        head_labels=tracer.head_labels,
     )

@@ -66,8 +66,10 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
         if failure is None:
             return
         if len(subset) == 1:
+            attention = subset[0].attention
+            heads = f"the heads of {attention or '<model>'} cannot be removed: " if attention is not None else ""
             subset[0].prunable = False
-            subset[0].reasons.append(f"strip check: {failure}")
+            subset[0].reasons.append(f"strip check: {heads}{failure}")
             return
         half = len(subset) // 2
         left, right = subset[:half], subset[half:]
