@@ -202,3 +202,11 @@ def test_in_place_activations_keep_channels_prunable_whatever_the_op_tags():
     analysis = hf_prune.analyze_model(Acts(), torch.randn(1, 3, 8, 8))
     pruned_by = {m.module for g in analysis.prunable_groups for m in g.members if m.role == "out"}
     assert {"convs.1", "convs.2", "convs.3"} <= pruned_by, analysis.unprunable_layers
+
+
+def test_analysis_of_a_model_under_a_controller_sees_the_unmasked_model():
+    model, x = _resnet(), torch.randn(1, 3, 160, 160)
+    before = hf_prune.analyze_model(model, x)
+    ctrl = hf_prune.create_pruning_controller(model, CONFIG, example_inputs=x)
+    ctrl.set_pruning_level(0.5)
+    assert _structure(hf_prune.analyze_model(model, x)) == _structure(before)

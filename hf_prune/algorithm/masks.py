@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..graph.analysis import remove_forward_hooks
+
 
 class _MaskHook:
     """Forward pre/post hooks swapping a module's weights for their masked versions during forward.
@@ -20,6 +22,8 @@ class _MaskHook:
     mask tensors in every call, so new masks take effect without recompiling (dynamo does not guard on
     module hooks, so hooks swapped after compilation would be silently ignored).
     """
+
+    transparent_to_analysis = True  # the analysis traces the model without its masks
 
     def __init__(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks = masks
@@ -92,8 +96,4 @@ class WeightMasker:
 
 def remove_mask_hooks(model: nn.Module) -> None:
     """Drop hf_prune mask hooks from a model (e.g. from a deep copy that inherited them)."""
-    for module in model.modules():
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for key in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), _MaskHook)]:
-                del hooks[key]
-                module._forward_hooks_always_called.pop(key, None)
+    remove_forward_hooks(model, lambda owner: isinstance(owner, _MaskHook))

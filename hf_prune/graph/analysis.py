@@ -6,7 +6,7 @@ import contextlib
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -110,7 +110,19 @@ def canonical_copy(model: nn.Module) -> nn.Module:
         copy_ = _cpu_float32(t)
         memo[id(t)] = nn.Parameter(copy_, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else copy_
     with torch.no_grad():
-        return copy.deepcopy(model, memo)
+        copied = copy.deepcopy(model, memo)
+    remove_forward_hooks(copied, lambda owner: getattr(owner, "transparent_to_analysis", False))
+    return copied
+
+
+def remove_forward_hooks(model: nn.Module, owned_by: Callable[[Any], bool]) -> None:
+    """Drop the forward (pre-)hooks of every module of ``model`` whose bound object satisfies ``owned_by``
+    (e.g. a pruning controller's mask hooks: the analysis looks at the unmasked model)."""
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, h in hooks.items() if owned_by(getattr(h, "__self__", None))]:
+                del hooks[key]
+                module._forward_hooks_always_called.pop(key, None)
 
 
 def canonical_inputs(inputs: Any) -> Any:
