@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from .errors import HfPruneError
+
 __all__ = ["PruningConfig", "PruningParams", "LegrParams", "PruningConfigError"]
 
 ALGORITHM_NAME = "filter_pruning"
@@ -36,7 +38,7 @@ CONFIG_NAME = "pruning_config.json"
 """File name used by :meth:`PruningConfig.save_pretrained` / :meth:`PruningConfig.from_pretrained`."""
 
 
-class PruningConfigError(ValueError):
+class PruningConfigError(HfPruneError, ValueError):
     """An invalid pruning configuration.
 
     ``errors`` holds one ``(dotted key path, problem)`` pair per problem; the message

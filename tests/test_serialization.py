@@ -128,6 +128,11 @@ def test_run_in_progress_resumes(tmp_path: Path) -> None:
     resumed.scheduler.epoch_step()
     assert resumed.pruning_level == controller.pruning_level > 0.1
     assert all(torch.equal(resumed.group_masks()[g], m) for g, m in controller.group_masks().items())
+    other = timm.create_model("test_resnet", num_classes=10, channels=(16, 32, 48, 64))
+    with pytest.raises(hf_prune.PruningStateError, match=r"pruning_state\.pt: pruning state does not match"):
+        load_pruning_controller(other, tmp_path / "run")
+    with pytest.raises(hf_prune.PruningStateError, match="missing pruning_state.pt"):
+        load_pruning_controller(other, tmp_path)
 
 
 def test_failed_save_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

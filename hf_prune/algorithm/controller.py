@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import PruningConfig
-from ..errors import NothingPrunableError, PruningLevelError
+from ..errors import NothingPrunableError, PruningLevelError, PruningStateError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
 from ..graph.surgery import strip, zero_pruned
@@ -366,7 +366,7 @@ class FilterPruningController:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         masks = {int(k): v for k, v in state["masks"].items()}
         if set(masks) != set(self._masks) or any(masks[g].numel() != self._masks[g].numel() for g in masks):
-            raise PruningLevelError("pruning state does not match this model's groups (different model or config?)")
+            raise PruningStateError("pruning state does not match this model's groups (different model or config?)")
         self._masks = {g: m.to(torch.bool).cpu() for g, m in masks.items()}
         self._group_levels = {int(k): float(v) for k, v in state["group_levels"].items()}
         self._pruning_level = float(state["pruning_level"])

@@ -21,15 +21,11 @@ from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
 from ..algorithm.controller import FilterPruningController, create_pruning_controller
 from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
-from ..errors import HfPruneError, PruningLevelError
+from ..errors import HfPruneError, PruningStateError
 from .serialization import FORMAT_VERSION, _input_shapes
 
 EXAMPLE_SEED = 0
 """Seed of the example inputs: every process traces the model on the same values."""
-
-
-class PruningStateError(HfPruneError, ValueError):
-    """A saved pruning state does not belong to this model and pruning config."""
 
 
 def is_distributed() -> bool:
@@ -195,7 +191,7 @@ class PruningRun:
                                     + "; ".join(f"{key}: {saved!r} saved, {now!r} now" for key, saved, now in diff))
         try:
             self.controller.load_state_dict(state["controller"])
-        except PruningLevelError as exc:  # a state without model signature (serialization.save_pruning_state)
+        except PruningStateError as exc:  # a state without model signature (serialization.save_pruning_state)
             raise PruningStateError(f"the pruning state{where} does not fit this model: {exc}") from None
 
     def _signature(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import HfPruneError, PruningLevelError
+from ..errors import HfPruneError, PruningStateError
 
 if TYPE_CHECKING:
     from ..algorithm.controller import FilterPruningController
@@ -517,17 +517,17 @@ def load_pruning_controller(model: nn.Module, directory: str | os.PathLike[str],
 
     path = Path(directory) / STATE_NAME
     if not path.is_file():
-        raise PrunedModelError(f"{directory}: missing {STATE_NAME} (the directory holds no pruning run in progress)")
+        raise PruningStateError(f"{directory}: missing {STATE_NAME} (the directory holds no pruning run in progress)")
     state = torch.load(path, weights_only=True)
     if state.get("format_version") != FORMAT_VERSION:
-        raise PrunedModelError(f"{path}: hf_prune format_version {state.get('format_version')!r} is not supported "
-                               f"(this hf_prune reads version {FORMAT_VERSION}); upgrade hf_prune")
+        raise PruningStateError(f"{path}: hf_prune format_version {state.get('format_version')!r} is not supported "
+                                f"(this hf_prune reads version {FORMAT_VERSION}); upgrade hf_prune")
     controller = create_pruning_controller(model, PruningConfig.from_dict(state["config"]),
                                            _random_inputs(state["example_inputs"]), data_loader)
     try:
         controller.load_state_dict(state["controller"])
-    except PruningLevelError as exc:
-        raise PrunedModelError(f"{path}: {exc}") from None
+    except PruningStateError as exc:
+        raise PruningStateError(f"{path}: {exc}") from None
     return controller
 
 
