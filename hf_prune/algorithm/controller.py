@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..config import PruningConfig
+from ..distributed import is_main_process
 from ..errors import NothingPrunableError, PruningLevelError, PruningStateError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
@@ -322,7 +322,7 @@ class FilterPruningController:
             self._frozen = was_frozen
         self.set_ranking_coefficients(best)
         path = self.config.params.save_ranking_coeffs_path
-        if path and (not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0):
+        if path and is_main_process():
             best.save(path)
         return best
 

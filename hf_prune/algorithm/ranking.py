@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..distributed import broadcast_from_main, is_main_process
 from ..errors import HfPruneError
 
 if TYPE_CHECKING:
@@ -126,15 +126,11 @@ def learn_ranking_coefficients(
     searches and the result is broadcast. Reproducible for a given ``params.random_seed`` when
     ``train_fn`` and ``reward_fn`` are deterministic.
     """
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     best: RankingCoefficients | None = None
-    if not distributed or dist.get_rank() == 0:
+    if is_main_process():
         best = _evolve(controller, train_fn, reward_fn, params, controller.target_level if target is None else target,
                        show_progress)
-    if distributed:
-        box = [best]
-        dist.broadcast_object_list(box, src=0)
-        best = box[0]
+    best = broadcast_from_main(best)
     assert best is not None
     return best
 

@@ -12,8 +12,10 @@ from accelerate import Accelerator
 from torch import nn
 
 from ..config import PruningConfig
+from ..distributed import broadcast_from_main
+from ..errors import PruningStateError
 from .checkpoints import published, swap_in, weights_digest
-from .distributed import PruningRun, PruningStateError, broadcast_from_main, example_inputs_from_dataset
+from .distributed import PruningRun, example_inputs_from_dataset
 
 
 class AcceleratedPruner(PruningRun):

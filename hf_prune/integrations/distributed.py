@@ -14,37 +14,18 @@ from collections.abc import Mapping
 from typing import Any, Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
 from ..algorithm.controller import FilterPruningController, create_pruning_controller
 from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
+from ..distributed import broadcast_from_main, is_main_process
 from ..errors import HfPruneError, PruningStateError
 from .serialization import FORMAT_VERSION, _input_shapes
 
 EXAMPLE_SEED = 0
 """Seed of the example inputs: every process traces the model on the same values."""
-
-
-def is_distributed() -> bool:
-    """Whether a ``torch.distributed`` process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed job, or the only process."""
-    return not is_distributed() or dist.get_rank() == 0
-
-
-def broadcast_from_main(obj: Any) -> Any:
-    """The main process's ``obj`` on every process (``obj`` itself when not distributed)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def as_pruning_config(value: PruningConfig | Mapping[str, Any] | str | os.PathLike[str]) -> PruningConfig:

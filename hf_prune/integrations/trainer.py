@@ -28,12 +28,13 @@ from ..algorithm.bn_adaptation import _accepts_kwarg
 from ..algorithm.controller import FilterPruningController
 from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
-from ..errors import HfPruneError
+from ..distributed import broadcast_from_main
+from ..errors import HfPruneError, PruningStateError
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
     read_trainer_record, weights_digest, write_atomic,
 )
-from .distributed import PruningRun, PruningStateError, as_pruning_config, broadcast_from_main, example_inputs_from_dataset
+from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset
 from .serialization import STATE_NAME
 
 FULLY_COMPRESSED = 2
