@@ -12,6 +12,8 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from hf_prune.text import markdown_table  # noqa: E402  (after the path set-up above)
+
 
 def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
     rows = []
@@ -37,10 +39,8 @@ def config_reference() -> str:
         "`PruningConfig` reads NNCF's `filter_pruning` algorithm section unchanged (JSON, YAML, dict or",
         "keyword arguments). Unknown keys, wrong types and out-of-range values are errors naming the key.",
         "",
-        "| key | default | meaning |",
-        "|---|---|---|",
+        markdown_table(["key", "default", "meaning"], [(f"`{k}`", f"`{d}`", m) for k, d, m in _rows(PruningConfig, "")]),
     ]
-    lines += [f"| `{k}` | `{d}` | {m} |" for k, d, m in _rows(PruningConfig, "")]
     return "\n".join(lines) + "\n"
 
 
@@ -58,15 +58,15 @@ def architectures() -> str:
         "parameters and FLOPs (recounted with `torch.utils.flop_counter` formulas) are what the controller",
         "predicted. Other models work when their ops are covered; `hf-prune analyze` tells you.",
         "",
-        "| library | model |",
-        "|---|---|",
+        markdown_table(["library", "model"], [
+            *(("timm", f"`{n}`") for n in TIMM_MODELS + TIMM_TEST_MODELS),
+            *(("transformers", f"`{n.removeprefix('hf_')}` (small config)") for n in HF_MODELS),
+        ]),
     ]
-    lines += [f"| timm | `{n}` |" for n in TIMM_MODELS + TIMM_TEST_MODELS]
-    lines += [f"| transformers | `{n.removeprefix('hf_')}` (small config) |" for n in HF_MODELS]
     return "\n".join(lines) + "\n"
 
 
-def _coverage_row(name: str) -> str:
+def _coverage_row(name: str) -> tuple[Any, ...]:
     import torch
 
     import hf_prune
@@ -99,8 +99,8 @@ def _coverage_row(name: str) -> str:
     params = sum(p.numel() for p in stripped.parameters())
     exact = "yes" if diff <= 1e-4 and params == round(ctrl.current_params) else "**no**"
     kept = params / sum(p.numel() for p in model.parameters())
-    return (f"| `{name}` | `{type(model).__name__}` | {len(prunable)}/{len(analysis.groups)} | {share:.0%} | "
-            f"{head_cell} | {exact} | {kept:.2f} | {_reload_cell(stripped, inputs, logits)} |")
+    return (f"`{name}`", f"`{type(model).__name__}`", f"{len(prunable)}/{len(analysis.groups)}", f"{share:.0%}",
+            head_cell, exact, f"{kept:.2f}", _reload_cell(stripped, inputs, logits))
 
 
 def _reload_cell(stripped: Any, inputs: Any, logits: Any) -> str:
@@ -147,10 +147,9 @@ def coverage() -> str:
         "output scale, parameters as predicted), the fraction of parameters it keeps, and whether the stripped",
         "model saves and reloads (`hf_prune.integrations.serialization`) with the same outputs.",
         "",
-        "| model | class | prunable groups | FLOPs prunable | heads pruned | exact strip | params kept at 30% | reload |",
-        "|---|---|---|---|---|---|---|---|",
+        markdown_table(["model", "class", "prunable groups", "FLOPs prunable", "heads pruned", "exact strip",
+                        "params kept at 30%", "reload"], [_coverage_row(name) for name in COVERAGE_MODELS]),
     ]
-    lines += [_coverage_row(name) for name in COVERAGE_MODELS]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import broadcast_from_main, is_main_process
 from ..errors import HfPruneError
+from ..files import write_text_atomic
 
 if TYPE_CHECKING:
     from ..config import LegrParams
@@ -64,10 +64,7 @@ class RankingCoefficients:
         """Write JSON atomically (temp file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], signature: dict[int, int]) -> "RankingCoefficients":

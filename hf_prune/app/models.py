@@ -17,7 +17,6 @@ Anything else raises :class:`ModelLoadError` with the closest timm names.
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..errors import HfPruneError
 from ..integrations.serialization import from_pretrained, input_size, model_library, saved_record
+from ..text import did_you_mean
 
 __all__ = ["ModelLoadError", "load_model"]
 
@@ -183,5 +183,4 @@ def _transformers_model(source: str, spec: str, num_classes: int | None, weights
 
 def _suggestions(name: str) -> str:
     """``"; did you mean: a, b?"`` with up to 5 timm model names close to ``name``, or ``""``."""
-    close = difflib.get_close_matches(name.lower(), timm.list_models(), n=5, cutoff=0.6)
-    return f"; did you mean: {', '.join(close)}?" if close else ""
+    return did_you_mean(name.lower(), timm.list_models(), n=5)

@@ -15,7 +15,6 @@ Every section is validated before anything runs; errors name the key path (``dat
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
+from ..text import did_you_mean
 
 
 class RecipeError(HfPruneError, ValueError):
@@ -106,9 +106,7 @@ def _training_errors(training: Mapping[str, Any]) -> list[str]:
     errors = []
     for key in training:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            errors.append(f"training.{key}: not a TrainingArguments field{hint}")
+            errors.append(f"training.{key}: not a TrainingArguments field{did_you_mean(key, names)}")
     if not errors:
         try:
             TrainingArguments(**training)
@@ -128,8 +126,7 @@ def _describe(e: ValidationError) -> list[str]:
             for p in parent:
                 model = model.model_fields[str(p)].annotation
             allowed = list(model.model_fields)
-            close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
-            msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "") + f" (allowed: {', '.join(allowed)})"
+            msg = f"unknown key{did_you_mean(str(err['loc'][-1]), allowed)} (allowed: {', '.join(allowed)})"
         out.append(f"{path}: {msg}" + (f"; got {err['input']!r}" if err["type"] != "extra_forbidden" else ""))
     return out
 

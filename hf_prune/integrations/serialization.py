@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError, PruningStateError
+from ..files import write_atomic
 
 if TYPE_CHECKING:
     from ..algorithm.controller import FilterPruningController
@@ -500,9 +501,10 @@ def _random_inputs(shapes: Any) -> Any:
 def save_pruning_state(controller: FilterPruningController, directory: str | os.PathLike[str]) -> Path:
     """Write ``controller``'s config, example-input shapes and state to ``directory/pruning_state.pt``."""
     path = Path(directory) / STATE_NAME
-    torch.save({"format_version": FORMAT_VERSION, "config": controller.config.to_dict(),
-                "example_inputs": _input_shapes(controller.analysis.example_inputs),
-                "controller": controller.state_dict()}, path)
+    state = {"format_version": FORMAT_VERSION, "config": controller.config.to_dict(),
+             "example_inputs": _input_shapes(controller.analysis.example_inputs),
+             "controller": controller.state_dict()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
     return path
 
 

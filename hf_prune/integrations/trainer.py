@@ -30,9 +30,10 @@ from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main
 from ..errors import HfPruneError, PruningStateError
+from ..files import write_atomic
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
-    read_trainer_record, weights_digest, write_atomic,
+    read_trainer_record, weights_digest,
 )
 from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset
 from .serialization import STATE_NAME
