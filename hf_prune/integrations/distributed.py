@@ -16,12 +16,13 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
+from ..algorithm.bn_adaptation import adapt_batchnorm
 from ..algorithm.controller import FilterPruningController, create_pruning_controller
 from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main, is_main_process
 from ..errors import HfPruneError, PruningStateError
+from ..model_kind import example_inputs
 from .serialization import FORMAT_VERSION, _input_shapes
 
 EXAMPLE_SEED = 0
@@ -44,7 +45,7 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
     """Batch-1 example inputs shaped like ``dataset[0]``'s image, with seeded values (same on every rank).
 
     A sample is ``{"pixel_values": (C, H, W), ...}`` or ``(image, label)``. The result is a dict for
-    models taking ``pixel_values`` (transformers) and a tensor otherwise (timm).
+    transformers models and a tensor otherwise (:func:`hf_prune.model_kind.example_inputs`).
     """
     try:
         sample = dataset[0]
@@ -54,9 +55,7 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
         raise HfPruneError(f"cannot take example inputs from {type(dataset).__name__} ({exc!r}): pass "
                            "example_inputs=, e.g. {'pixel_values': torch.randn(1, 3, 224, 224)}") from exc
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
-    param = next(model.parameters())
-    x = torch.randn((1, *shape), generator=generator).to(param.device, param.dtype)
-    return {"pixel_values": x} if _accepts_kwarg(model, "pixel_values") else x
+    return example_inputs(model, size=tuple(shape), generator=generator, like=next(model.parameters()))
 
 
 class PruningRun:

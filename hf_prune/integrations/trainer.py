@@ -24,13 +24,13 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..algorithm.bn_adaptation import _accepts_kwarg
 from ..algorithm.controller import FilterPruningController
 from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main
 from ..errors import HfPruneError, PruningStateError
 from ..files import write_atomic
+from ..model_kind import library_of
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
     read_trainer_record, weights_digest,
@@ -63,8 +63,8 @@ class ImageClassifierAdapter(nn.Module):
 
 def trainer_model(model: nn.Module) -> nn.Module:
     """``model`` as ``transformers.Trainer`` calls it (``model(pixel_values=..., labels=...)``): itself if it
-    takes ``pixel_values``, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
-    return model if _accepts_kwarg(model, "pixel_values") else ImageClassifierAdapter(model)
+    is a transformers model, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
+    return model if library_of(model) == "transformers" else ImageClassifierAdapter(model)
 
 
 class PruningCallback(TrainerCallback, ExportableState):
