@@ -44,9 +44,6 @@ class ModelAnalysis:
     def dense_params(self) -> float:
         return self.flops_model.params(trainable_only=self.params)
 
-    def group(self, group_id: int) -> PruningGroup:
-        return self.groups[group_id]
-
     def to_dict(self) -> dict[str, Any]:
         total = self.dense_flops or 1.0
         return {
