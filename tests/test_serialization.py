@@ -48,9 +48,14 @@ def images(model: nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, channels, height, width)
 
 
-@functools.cache
 def pruned(name: str) -> tuple[nn.Module, Any, nn.Module]:
-    """(a dense model, a controller masking 50% of the filters of a copy, a stripped copy), built once."""
+    """(a dense model, a controller masking 50% of the filters of a copy, a stripped copy): a fresh copy of
+    what is built once per session, so that no test sees what another one did to its models."""
+    return copy.deepcopy(_pruned(name))
+
+
+@functools.cache
+def _pruned(name: str) -> tuple[nn.Module, Any, nn.Module]:
     torch.manual_seed(0)
     dense = randomize_norms((TIMM_CASES[name] if name in TIMM_CASES else HF_MODELS[name])()).eval()
     x = images(dense, 1)
