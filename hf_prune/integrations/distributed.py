@@ -2,7 +2,8 @@
 
 Both training integrations (:mod:`.trainer`, :mod:`.accelerate`) drive pruning through a
 :class:`PruningRun`. It creates the controller on the unwrapped model from inputs that are the same on
-every rank, decides masks on the main process and broadcasts them, checks checkpointed state against
+every rank, makes every rank use the main process's masks (each plans, then the main process's state
+is broadcast and loaded by the others), checks checkpointed state against
 the model and config before loading it, reports the values to log, and refuses to step a model whose
 shapes changed under the optimizer.
 """

@@ -76,8 +76,8 @@ class PruningCallback(TrainerCallback, ExportableState):
       resumed, restores the pruning state saved in the checkpoint's ``trainer_state.json`` after checking
       that it belongs to the weights the Trainer loaded; else runs BatchNorm adaptation if
       ``pruning_init`` > 0;
-    - ``on_epoch_begin`` / ``on_step_end``: ``scheduler.epoch_step()`` / ``scheduler.step()``; masks are
-      decided on the main process and broadcast;
+    - ``on_epoch_begin`` / ``on_step_end``: ``scheduler.epoch_step()`` / ``scheduler.step()``; every process
+      plans masks, then the main process's replace the others' (broadcast);
     - while training, the controller's loss is added to the model output's ``loss`` (a forward hook), so
       its gradients are clipped and accumulated with the task's exactly as in :class:`PruningTrainer`;
       set ``adds_loss = False`` when your own ``compute_loss`` adds ``callback.run.loss()``;
