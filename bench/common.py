@@ -9,7 +9,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -18,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # scripts run as `python bench/<script>.py` from the repo root
     sys.path.insert(0, str(ROOT))
+
+from hf_prune.files import write_text_atomic  # noqa: E402  (after the path set-up above)
+from hf_prune.text import markdown_table  # noqa: E402
 
 Timer = Callable[[], dict[str, float]]
 """Runs something once and returns named durations in seconds."""
@@ -144,23 +146,9 @@ def _cell(value: Any, fmt: str) -> str:
     return format(value, fmt) if fmt else str(value)
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(k), f) for k, _, f in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def results_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """The markdown table of ``rows``, one column per ``(row key, header, format spec)``."""
+    return markdown_table([h for _, h, _ in columns], [[_cell(row.get(k), f) for k, _, f in columns] for row in rows])
 
 
 def write_results(name: str, rows: list[dict[str, Any]], columns: Sequence[Column], meta: dict[str, Any],
@@ -168,13 +156,14 @@ def write_results(name: str, rows: list[dict[str, Any]], columns: Sequence[Colum
     """Write ``bench/results/<name>.json`` (rows, meta and environment) and ``<name>.md`` (titled
     ``meta["title"]``, a table with the notes below it), each atomically; returns the markdown path."""
     meta = {**environment(), **meta}
-    _write_atomic(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     load = [meta[k] for k in ("load_average_start", "load_average") if k in meta]
     env = (f"torch {meta['torch']}, timm {meta['timm']}, {meta['threads']} threads, {meta['processor']} "
            f"({meta['cpu_count']} CPUs), load average {' → '.join(map(str, load))}, {meta['date']}")
-    text = "\n\n".join([f"# {meta.get('title', name)}", markdown_table(rows, columns), *notes, f"_{env}_"]) + "\n"
+    text = "\n\n".join([f"# {meta.get('title', name)}", results_table(rows, columns), *notes, f"_{env}_"]) + "\n"
     md = RESULTS / f"{name}.md"
-    _write_atomic(md, text)
+    write_text_atomic(md, text)
     return md
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
 GOAL_S = 1.5
@@ -43,9 +45,8 @@ def main() -> None:
               "goal_s": GOAL_S, "met": rows[0]["seconds"] < GOAL_S, "rows": rows}
     out = ROOT / "bench" / "results"
     (out / "import_time.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| step (cumulative, in one process) | seconds |", "|---|---|"]
-    lines += [f"| {r['step']} | {r['seconds']:.3f} |" for r in rows]
-    lines += ["", f"Median of {REPEATS} fresh interpreters after `import torch` (torch {torch.__version__}, "
+    lines = [markdown_table(["step (cumulative, in one process)", "seconds"],
+                            [(r["step"], f"{r['seconds']:.3f}") for r in rows]), "", f"Median of {REPEATS} fresh interpreters after `import torch` (torch {torch.__version__}, "
               f"transformers {transformers.__version__}); each row is the extra time of that first use. "
               f"Goal: `import hf_prune` < {GOAL_S} s ({'met' if result['met'] else 'not met'}). "
               "Measured on a shared 2-core CPU."]

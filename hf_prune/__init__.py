@@ -22,12 +22,11 @@ _EXPORTS: dict[str, str] = {
     "PruningStatistics": "algorithm.statistics",
     "LegrParams": "config", "PruningConfig": "config", "PruningConfigError": "config", "PruningParams": "config",
     "AnalysisError": "errors", "HfPruneError": "errors", "NothingPrunableError": "errors",
-    "PruningLevelError": "errors", "ScopeError": "errors",
+    "PruningLevelError": "errors", "PruningStateError": "errors", "ScopeError": "errors",
     "ModelAnalysis": "graph.analysis", "analyze_model": "graph.analysis",
     "register_op_variant": "graph.canonical",
     "PruningGroup": "graph.groups", "PruningPolicy": "graph.groups",
     "AcceleratedPruner": "integrations.accelerate",
-    "PruningStateError": "integrations.distributed",
     "push_to_hub": "integrations.hub",
     "OnnxExportError": "integrations.onnx", "export_onnx": "integrations.onnx",
     "PrunedModelError": "integrations.serialization", "from_pretrained": "integrations.serialization",
@@ -55,12 +54,13 @@ if TYPE_CHECKING:  # names for type checkers and IDEs
     from .algorithm.controller import FilterPruningController, PrunedModuleInfo, create_pruning_controller
     from .algorithm.statistics import PruningStatistics
     from .config import LegrParams, PruningConfig, PruningConfigError, PruningParams
-    from .errors import AnalysisError, HfPruneError, NothingPrunableError, PruningLevelError, ScopeError
+    from .errors import (
+        AnalysisError, HfPruneError, NothingPrunableError, PruningLevelError, PruningStateError, ScopeError,
+    )
     from .graph.analysis import ModelAnalysis, analyze_model
     from .graph.canonical import register_op_variant
     from .graph.groups import PruningGroup, PruningPolicy
     from .integrations.accelerate import AcceleratedPruner
-    from .integrations.distributed import PruningStateError
     from .integrations.hub import push_to_hub
     from .integrations.onnx import OnnxExportError, export_onnx
     from .integrations.serialization import (

@@ -11,10 +11,8 @@ reports every invalid value at once as a :class:`PruningConfigError`.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -27,6 +25,10 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from .errors import HfPruneError
+from .files import write_text_atomic
+from .text import did_you_mean
+
 __all__ = ["PruningConfig", "PruningParams", "LegrParams", "PruningConfigError"]
 
 ALGORITHM_NAME = "filter_pruning"
@@ -36,7 +38,7 @@ CONFIG_NAME = "pruning_config.json"
 """File name used by :meth:`PruningConfig.save_pretrained` / :meth:`PruningConfig.from_pretrained`."""
 
 
-class PruningConfigError(ValueError):
+class PruningConfigError(HfPruneError, ValueError):
     """An invalid pruning configuration.
 
     ``errors`` holds one ``(dotted key path, problem)`` pair per problem; the message
@@ -374,7 +376,7 @@ class PruningConfig(_Section):
             text = json.dumps(self.to_dict(), indent=2) + "\n"
         else:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        _write_atomic(path, text)
+        write_text_atomic(path, text)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write ``pruning_config.json`` into ``directory`` (created if missing)."""
@@ -412,21 +414,6 @@ def _file_format(path: Path) -> Literal["json", "yaml"]:
     raise PruningConfigError([("", problem)], source=path)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     """The ``(key path, problem)`` pair of one pydantic error."""
     loc = tuple(error["loc"])
@@ -455,9 +442,7 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
     if model is PruningConfig:
         candidates += list(PruningParams.model_fields)
         suffix = ", or any key of 'params'"
-    close = difflib.get_close_matches(str(loc[-1]), candidates, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown key{hint} (allowed: {', '.join(allowed)}{suffix})"
+    return f"unknown key{did_you_mean(str(loc[-1]), candidates)} (allowed: {', '.join(allowed)}{suffix})"
 
 
 def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:

@@ -17,5 +17,9 @@ class PruningLevelError(HfPruneError, ValueError):
     """A pruning level or a group-level mapping is invalid."""
 
 
+class PruningStateError(HfPruneError, ValueError):
+    """A saved pruning state does not belong to this model and pruning config (or is no pruning state)."""
+
+
 class ScopeError(HfPruneError, ValueError):
     """``ignored_scopes`` / ``target_scopes`` name modules the model does not have."""

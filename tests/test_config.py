@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from hf_prune.config import LegrParams, PruningConfig, PruningConfigError, PruningParams
+from hf_prune.errors import HfPruneError
 
 NNCF_PARAMS = {
     "schedule": "exponential",
@@ -449,8 +450,11 @@ def test_flat_and_nested_duplicate():
     _assert_reported(exc, "pruning_target", "given both at top level and inside 'params'", "got 0.4 and 0.3")
 
 
-def test_error_is_value_error():
-    assert issubclass(PruningConfigError, ValueError)
+def test_invalid_config_caught_with_every_other_hf_prune_error():
+    """One ``except HfPruneError`` (the CLI's) catches a bad config; ``except ValueError`` still does too."""
+    for caught in (HfPruneError, ValueError):
+        with pytest.raises(caught, match="pruning_taget"):
+            PruningConfig.from_dict({"algorithm": "filter_pruning", "pruning_taget": 0.3})
 
 
 def test_no_filter_pruning_in_compression_list():

@@ -11,13 +11,25 @@ import timm
 import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, RepoUrl
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import hf_prune
 from hf_prune.integrations.hub import _stage, model_statistics, push_to_hub
-from hf_prune.integrations.serialization import PrunedModelError, from_pretrained, logits
+from hf_prune.integrations.serialization import PrunedModelError, from_pretrained, input_size, logits
 
 from conftest import randomize_norms
 from test_serialization import assert_same, pruned
+
+
+def _flops(model: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        logits(model.eval(), x)
+    return counter.get_total_flops()
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture
@@ -40,7 +52,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def test_push_transformers_model_with_card(hub: list[dict[str, Any]], tmp_path: Path) -> None:
-    _, controller, stripped = pruned("hf_resnet")
+    dense, controller, stripped = pruned("hf_resnet")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: hf_resnet\npruning:\n  pruning_init: 0.5\n")
     url = push_to_hub(stripped, "me/resnet-pruned", controller=controller, recipe=recipe,
@@ -54,10 +66,14 @@ def test_push_transformers_model_with_card(hub: list[dict[str, Any]], tmp_path: 
     assert {"hf_prune", "pruned", "filter-pruning"} <= set(card.data.tags)
     assert card.data.base_model == "microsoft/resnet-50" and card.data.library_name == "transformers"
     text = card.text
-    stats = model_statistics(stripped)
-    assert f"| FLOPs | {stats['flops']['before'] / 1e9:.3f} G | {stats['flops']['after'] / 1e9:.3f} G |" in text
-    assert f"| Parameters | {stats['params']['before'] / 1e6:.3f} M | {stats['params']['after'] / 1e6:.3f} M |" in text
-    assert "| `resnet.encoder.stages.0` |" in text and "Width per stage" in text
+    x = torch.randn(1, *input_size(dense))  # counted here on the real models, not as the card's writer does
+    flops, params = [_flops(m, x) for m in (dense, stripped)], [_params(m) for m in (dense, stripped)]
+    assert f"| FLOPs | {flops[0] / 1e9:.3f} G | {flops[1] / 1e9:.3f} G |" in text
+    assert f"| Parameters | {params[0] / 1e6:.3f} M | {params[1] / 1e6:.3f} M |" in text
+    widths = [sum(c.out_channels for c in m.resnet.encoder.stages[0].modules() if isinstance(c, nn.Conv2d))
+              for m in (dense, stripped)]  # the card's "width per stage": output channels of its convs
+    assert widths[1] < widths[0] and f"| `resnet.encoder.stages.0` | {widths[0]} | {widths[1]} |" in text
+    assert "Width per stage" in text
     assert '"pruning_init": 0.5' in text and "model: hf_resnet" in text
     assert 'AutoModelForImageClassification.from_pretrained("me/resnet-pruned")' in text
 

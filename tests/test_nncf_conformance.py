@@ -381,7 +381,7 @@ def test_layer_scopes_and_module_names_select_the_same_layer(scope):
 
 
 def test_unmatched_scope_names_the_closest_unless_validate_scopes_is_false():
-    with pytest.raises(hf_prune.ScopeError, match=r"closest names: .*ResNet/Sequential\[layer1\]/BasicBlock\[0\]/Conv2d\[conv1\]"):
+    with pytest.raises(hf_prune.ScopeError, match=r"did you mean: .*ResNet/Sequential\[layer1\]/BasicBlock\[0\]/Conv2d\[conv1\]"):
         _controller("resnet18", {"ignored_scopes": ["ResNet/Sequential[layer1]/BasicBlock[0]/Conv2d[conv9]"]})
     ctrl = _controller("resnet18", {"ignored_scopes": ["ResNet/Conv2d[nothing]"], "validate_scopes": False})
     assert len(ctrl.pruned_modules) == 5

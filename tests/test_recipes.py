@@ -18,6 +18,9 @@ def test_shipped_recipes_validate(path, tmp_path):
     recipe = load_recipe(path, overrides)
     assert recipe.pruning_config().target > 0
     assert recipe.training_arguments().output_dir
+    # the objects validated with the recipe are the ones the run gets, not rebuilt from the dicts
+    assert recipe.pruning_config() is recipe.pruning_config()
+    assert recipe.training_arguments() is recipe.training_arguments()
 
 
 def _write(tmp_path, data):

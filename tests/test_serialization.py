@@ -48,9 +48,14 @@ def images(model: nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, channels, height, width)
 
 
-@functools.cache
 def pruned(name: str) -> tuple[nn.Module, Any, nn.Module]:
-    """(a dense model, a controller masking 50% of the filters of a copy, a stripped copy), built once."""
+    """(a dense model, a controller masking 50% of the filters of a copy, a stripped copy): a fresh copy of
+    what is built once per session, so that no test sees what another one did to its models."""
+    return copy.deepcopy(_pruned(name))
+
+
+@functools.cache
+def _pruned(name: str) -> tuple[nn.Module, Any, nn.Module]:
     torch.manual_seed(0)
     dense = randomize_norms((TIMM_CASES[name] if name in TIMM_CASES else HF_MODELS[name])()).eval()
     x = images(dense, 1)
@@ -128,6 +133,11 @@ def test_run_in_progress_resumes(tmp_path: Path) -> None:
     resumed.scheduler.epoch_step()
     assert resumed.pruning_level == controller.pruning_level > 0.1
     assert all(torch.equal(resumed.group_masks()[g], m) for g, m in controller.group_masks().items())
+    other = timm.create_model("test_resnet", num_classes=10, channels=(16, 32, 48, 64))
+    with pytest.raises(hf_prune.PruningStateError, match=r"pruning_state\.pt: pruning state does not match"):
+        load_pruning_controller(other, tmp_path / "run")
+    with pytest.raises(hf_prune.PruningStateError, match="missing pruning_state.pt"):
+        load_pruning_controller(other, tmp_path)
 
 
 def test_failed_save_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,9 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     assert stats["flops_after"] <= 0.5 * stats["flops_before"] * 1.02
     assert set(report["dense_metrics"]) >= {"accuracy"} and set(report["pruned_metrics"]) >= {"accuracy"}
     assert report["level_history"] and report["level_history"][-1][1] == pytest.approx(0.5)
-    assert report["onnx"]["speedup"] > 0
+    onnx = report["onnx"]  # speed itself is noise on a shared CPU (bench/ measures it): check what is reported
+    assert onnx["batch"] == 8 and onnx["speedup"] == pytest.approx(onnx["dense_ms"] / onnx["pruned_ms"])
+    assert f"| speedup | {onnx['speedup']:.2f}× |" in (out / "report.md").read_text()
     assert (out / "pruning_level.png").stat().st_size > 1000 and (out / "layer_widths.png").stat().st_size > 1000
     assert "## Accuracy" in (out / "report.md").read_text()
     model = hf_prune.from_pretrained(out / "model")

@@ -6,9 +6,9 @@ import inspect
 from typing import Any, Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from ..distributed import all_reduce_mean
 from ..errors import HfPruneError
 
 
@@ -69,9 +69,7 @@ def adapt_batchnorm(model: nn.Module, data_loader: Iterable[Any] | None, num_sam
         for m, momentum in saved:
             m.momentum = momentum
         model.train(was_training)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for m in norms:
-            for stat in (m.running_mean, m.running_var):
-                dist.all_reduce(stat)
-                stat /= dist.get_world_size()
+    for m in norms:
+        for stat in (m.running_mean, m.running_var):
+            all_reduce_mean(stat)
     return seen

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..config import PruningConfig
-from ..errors import NothingPrunableError, PruningLevelError
+from ..distributed import is_main_process
+from ..errors import NothingPrunableError, PruningLevelError, PruningStateError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
 from ..graph.surgery import strip, zero_pruned
@@ -142,7 +142,6 @@ class FilterPruningController:
                                               DeployTarget.from_config(config.params, model),
                                               config.params.latency_table_path)
         self._coords = self._producer_coords()
-        self._group_levels: dict[int, float] = {gid: 0.0 for gid in self._groups}
         self._masks: dict[int, torch.Tensor] = {gid: torch.ones(g.size, dtype=torch.bool) for gid, g in self._groups.items()}
         self._pruning_level = 0.0
         self._frozen = False
@@ -322,7 +321,7 @@ class FilterPruningController:
             self._frozen = was_frozen
         self.set_ranking_coefficients(best)
         path = self.config.params.save_ranking_coeffs_path
-        if path and (not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0):
+        if path and is_main_process():
             best.save(path)
         return best
 
@@ -354,7 +353,6 @@ class FilterPruningController:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "group_levels": dict(self._group_levels),
             "masks": {gid: m.clone() for gid, m in self._masks.items()},
             "pruning_level": self._pruning_level,
             "frozen": self._frozen,
@@ -366,9 +364,8 @@ class FilterPruningController:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         masks = {int(k): v for k, v in state["masks"].items()}
         if set(masks) != set(self._masks) or any(masks[g].numel() != self._masks[g].numel() for g in masks):
-            raise PruningLevelError("pruning state does not match this model's groups (different model or config?)")
+            raise PruningStateError("pruning state does not match this model's groups (different model or config?)")
         self._masks = {g: m.to(torch.bool).cpu() for g, m in masks.items()}
-        self._group_levels = {int(k): float(v) for k, v in state["group_levels"].items()}
         self._pruning_level = float(state["pruning_level"])
         self._frozen = bool(state["frozen"])
         if state.get("scheduler_disabled"):
@@ -506,7 +503,6 @@ class FilterPruningController:
             mask = torch.zeros(g.size, dtype=torch.bool)
             mask[torch.topk(scores[gid], k).indices] = True  # keep the most important (GM: farthest from median)
             self._masks[gid] = mask
-            self._group_levels[gid] = 1.0 - k / g.size
         self._install_masks()
 
     def _install_masks(self) -> None:

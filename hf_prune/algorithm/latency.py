@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from ..errors import HfPruneError
+from ..files import write_text_atomic
 from ..graph.analysis import ModelAnalysis
 from ..graph.groups import PruningGroup
 from ..graph.spaces import Label
@@ -345,10 +345,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
 
 
 # ---------------------------------------------------------------------------- measuring

@@ -16,17 +16,17 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..distributed import broadcast_from_main, is_main_process
 from ..errors import HfPruneError
+from ..files import write_text_atomic
 
 if TYPE_CHECKING:
     from ..config import LegrParams
@@ -64,10 +64,7 @@ class RankingCoefficients:
         """Write JSON atomically (temp file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], signature: dict[int, int]) -> "RankingCoefficients":
@@ -126,15 +123,11 @@ def learn_ranking_coefficients(
     searches and the result is broadcast. Reproducible for a given ``params.random_seed`` when
     ``train_fn`` and ``reward_fn`` are deterministic.
     """
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     best: RankingCoefficients | None = None
-    if not distributed or dist.get_rank() == 0:
+    if is_main_process():
         best = _evolve(controller, train_fn, reward_fn, params, controller.target_level if target is None else target,
                        show_progress)
-    if distributed:
-        box = [best]
-        dist.broadcast_object_list(box, src=0)
-        best = box[0]
+    best = broadcast_from_main(best)
     assert best is not None
     return best
 

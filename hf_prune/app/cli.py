@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..algorithm.controller import pruning_policy
-from ..config import PruningConfig, PruningConfigError
+from ..config import PruningConfig
 from ..errors import HfPruneError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (HfPruneError, PruningConfigError, FileNotFoundError) as exc:
+    except (HfPruneError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

@@ -17,7 +17,6 @@ Anything else raises :class:`ModelLoadError` with the closest timm names.
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,15 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError
-from ..integrations.serialization import from_pretrained, input_size, model_library, saved_record
+from ..integrations.serialization import from_pretrained, saved_record
+from ..model_kind import example_inputs, input_size
+from ..text import did_you_mean
 
 __all__ = ["ModelLoadError", "load_model"]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
 """Files whose presence marks a local directory as holding weights."""
-DEFAULT_INPUT_SIZE = (3, 224, 224)
 
 
 class ModelLoadError(HfPruneError):
@@ -112,9 +112,7 @@ def _pruned_model(path: Path, num_classes: int | None, image_size: int | None) -
     else:
         raise ModelLoadError(f"{path}: holds a pruned timm model; replacing its classifier head is not supported "
                              "(a pruned transformers model's is)")
-    channels, *size = input_size(model)
-    x = torch.randn(1, channels, *([image_size] * 2 if image_size else size))
-    return model, {"pixel_values": x} if model_library(model) == "transformers" else x
+    return model, _inputs(model, image_size)
 
 
 def _hub_model(model_id: str, spec: str, num_classes: int | None, pretrained: bool,
@@ -143,10 +141,7 @@ def _create_timm(name: str, fixed_input_size: bool, num_classes: int | None, pre
     except OSError as exc:  # weights not downloadable (offline, unknown tag) or unreadable
         reason = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"cannot load pretrained weights of timm model {name!r}: {reason}") from exc
-    channels, *size = model.pretrained_cfg.get("input_size") or DEFAULT_INPUT_SIZE
-    if image_size is not None:
-        size = [image_size, image_size]
-    return model, torch.randn(1, channels, *size)
+    return model, _inputs(model, image_size)
 
 
 def _transformers_model(source: str, spec: str, num_classes: int | None, weights: bool,
@@ -175,13 +170,15 @@ def _transformers_model(source: str, spec: str, num_classes: int | None, weights
     except ValueError as exc:
         raise ModelLoadError(f"model {spec!r} ({type(config).__name__}) is not a transformers "
                              f"image-classification model: {exc}") from exc
-    size = image_size or getattr(config, "image_size", None) or DEFAULT_INPUT_SIZE[1]
-    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    channels = getattr(config, "num_channels", DEFAULT_INPUT_SIZE[0])
-    return model.eval(), {"pixel_values": torch.randn(1, channels, *size)}
+    return model.eval(), _inputs(model, image_size)
+
+
+def _inputs(model: nn.Module, image_size: int | None) -> Any:
+    """Example inputs of ``model``: its own input size, or square ``image_size`` images."""
+    channels = input_size(model)[0]
+    return example_inputs(model, size=(channels, image_size, image_size) if image_size else None)
 
 
 def _suggestions(name: str) -> str:
     """``"; did you mean: a, b?"`` with up to 5 timm model names close to ``name``, or ``""``."""
-    close = difflib.get_close_matches(name.lower(), timm.list_models(), n=5, cutoff=0.6)
-    return f"; did you mean: {', '.join(close)}?" if close else ""
+    return did_you_mean(name.lower(), timm.list_models(), n=5)

@@ -15,17 +15,17 @@ Every section is validated before anything runs; errors name the key path (``dat
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
+from ..text import did_you_mean
 
 
 class RecipeError(HfPruneError, ValueError):
@@ -88,33 +88,38 @@ class Recipe(_Section):
     dense_epochs: int = Field(0, ge=0, description="epochs of dense training before pruning starts")
     pruning: dict[str, Any] = Field(default_factory=dict)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
+    _pruning_config: PruningConfig | None = PrivateAttr(None)
+    _training_arguments: Any = PrivateAttr(None)
 
     def pruning_config(self) -> PruningConfig:
-        return PruningConfig.from_dict(self.pruning)
+        """The ``pruning`` section as the :class:`PruningConfig` validated with the recipe (built once)."""
+        if self._pruning_config is None:
+            self._pruning_config = PruningConfig.from_dict(self.pruning)
+        return self._pruning_config
 
     def training_arguments(self):
-        """The ``transformers.TrainingArguments`` of the ``training`` section (validated)."""
-        from transformers import TrainingArguments
+        """The ``transformers.TrainingArguments`` of the ``training`` section, validated with the recipe
+        (built once)."""
+        if self._training_arguments is None:
+            from transformers import TrainingArguments
 
-        return TrainingArguments(**self.training)
+            self._training_arguments = TrainingArguments(**self.training)
+        return self._training_arguments
 
 
-def _training_errors(training: Mapping[str, Any]) -> list[str]:
+def _training_arguments(training: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """``(TrainingArguments, [])`` from the ``training`` section, or ``(None, problems)``."""
     from transformers import TrainingArguments
 
     names = [f.name for f in fields(TrainingArguments) if f.init]
-    errors = []
-    for key in training:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            errors.append(f"training.{key}: not a TrainingArguments field{hint}")
-    if not errors:
-        try:
-            TrainingArguments(**training)
-        except (ValueError, TypeError) as e:
-            errors.append(f"training: {e}")
-    return errors
+    errors = [f"training.{key}: not a TrainingArguments field{did_you_mean(key, names)}"
+              for key in training if key not in names]
+    if errors:
+        return None, errors
+    try:
+        return TrainingArguments(**training), []
+    except (ValueError, TypeError) as e:
+        return None, [f"training: {e}"]
 
 
 def _describe(e: ValidationError) -> list[str]:
@@ -128,8 +133,7 @@ def _describe(e: ValidationError) -> list[str]:
             for p in parent:
                 model = model.model_fields[str(p)].annotation
             allowed = list(model.model_fields)
-            close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
-            msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "") + f" (allowed: {', '.join(allowed)})"
+            msg = f"unknown key{did_you_mean(str(err['loc'][-1]), allowed)} (allowed: {', '.join(allowed)})"
         out.append(f"{path}: {msg}" + (f"; got {err['input']!r}" if err["type"] != "extra_forbidden" else ""))
     return out
 
@@ -168,13 +172,15 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         recipe = Recipe(**data)
     except ValidationError as e:
         errors += _describe(e)
+    training_arguments = pruning_config = None
     training = data.get("training") or {}
     if isinstance(training, dict):
-        errors += _training_errors(training)
+        training_arguments, problems = _training_arguments(training)
+        errors += problems
     pruning = data.get("pruning") or {}
     if isinstance(pruning, dict):
         try:
-            PruningConfig.from_dict(pruning)
+            pruning_config = PruningConfig.from_dict(pruning)
         except PruningConfigError as e:
             errors += [f"pruning.{p}".rstrip(".") + f": {msg}" for p, msg in e.errors]
     source = data.get("data") or {}
@@ -183,4 +189,5 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             errors.append(f"data.path: image folder {source['path']!r} does not exist")
     if errors or recipe is None:
         raise RecipeError(f"invalid recipe {path}:\n" + "\n".join(f"  {e}" for e in errors))
+    recipe._training_arguments, recipe._pruning_config = training_arguments, pruning_config  # kept, not rebuilt
     return recipe

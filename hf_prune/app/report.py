@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..algorithm.statistics import PruningStatistics
+from ..files import write_text_atomic
+from ..text import markdown_table
 
 
 @dataclass
@@ -33,13 +34,6 @@ class RunReport:
         }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -51,45 +45,37 @@ def _latency_lines(s: PruningStatistics) -> list[str]:
     if not rows:
         return []
     dense = s.latency_dense_ms
-    lines = ["## Latency on the deployment target", "", "| | ms | of dense |", "|---|---|---|"]
-    if dense is not None:
-        lines.append(f"| dense (measured) | {dense:.3f} | 100.0% |")
-    lines += [f"| {k} | {v:.3f} | {v / dense:.1%} |" if dense else f"| {k} | {v:.3f} | – |" for k, v in rows]
-    return lines + [""]
+    table = [("dense (measured)", f"{dense:.3f}", "100.0%")] if dense is not None else []
+    table += [(k, f"{v:.3f}", f"{v / dense:.1%}" if dense else "–") for k, v in rows]
+    return ["## Latency on the deployment target", "", markdown_table(["", "ms", "of dense"], table), ""]
 
 
 def _markdown(r: RunReport, plots: dict[str, str]) -> str:
     lines = [f"# Pruning report: {r.model}", "", f"Recipe: `{r.recipe}` · wall time {r.seconds:.0f} s", ""]
     keys = sorted(set(r.dense_metrics) | set(r.pruned_metrics))
     if keys:
-        lines += ["## Accuracy", "", "| metric | dense | pruned |", "|---|---|---|"]
-        lines += [f"| {k} | {_fmt(r.dense_metrics.get(k, '–'))} | {_fmt(r.pruned_metrics.get(k, '–'))} |" for k in keys]
-        lines.append("")
+        table = [(k, _fmt(r.dense_metrics.get(k, "–")), _fmt(r.pruned_metrics.get(k, "–"))) for k in keys]
+        lines += ["## Accuracy", "", markdown_table(["metric", "dense", "pruned"], table), ""]
     s = r.statistics
     if s is not None:
-        lines += ["## Size", "", "| | before | after | change |", "|---|---|---|---|"]
-        if s.flops_before:
-            lines.append(f"| GFLOPs | {s.flops_before / 1e9:.4f} | {s.flops_after / 1e9:.4f} | "
-                         f"{s.flops_after / s.flops_before - 1:+.1%} |")
-            lines.append(f"| params (M) | {s.params_before / 1e6:.4f} | {s.params_after / 1e6:.4f} | "
-                         f"{s.params_after / s.params_before - 1:+.1%} |")
-        lines.append(f"| filters | {s.filters_before} | {s.filters_after} | {s.filters_after / max(s.filters_before, 1) - 1:+.1%} |")
-        lines.append("")
+        table = [
+            ("GFLOPs", f"{s.flops_before / 1e9:.4f}", f"{s.flops_after / 1e9:.4f}", f"{s.flops_after / s.flops_before - 1:+.1%}"),
+            ("params (M)", f"{s.params_before / 1e6:.4f}", f"{s.params_after / 1e6:.4f}",
+             f"{s.params_after / s.params_before - 1:+.1%}"),
+        ] if s.flops_before else []
+        table.append(("filters", s.filters_before, s.filters_after, f"{s.filters_after / max(s.filters_before, 1) - 1:+.1%}"))
+        lines += ["## Size", "", markdown_table(["", "before", "after", "change"], table), ""]
         lines += _latency_lines(s)
     if r.onnx:
-        lines += ["## ONNX Runtime (CPU)", "", "| | latency (ms) |", "|---|---|"]
-        for k in ("dense_ms", "pruned_ms"):
-            if k in r.onnx:
-                lines.append(f"| {k.removesuffix('_ms')} | {r.onnx[k]:.2f} |")
+        table = [(k.removesuffix("_ms"), f"{r.onnx[k]:.2f}") for k in ("dense_ms", "pruned_ms") if k in r.onnx]
         if "speedup" in r.onnx:
-            lines.append(f"| speedup | {r.onnx['speedup']:.2f}× |")
-        lines.append("")
+            table.append(("speedup", f"{r.onnx['speedup']:.2f}×"))
+        lines += ["## ONNX Runtime (CPU)", "", markdown_table(["", "latency (ms)"], table), ""]
     for title, name in plots.items():
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if s is not None:
-        lines += ["## Per-layer widths", "", "| layer | kept / total | level |", "|---|---|---|"]
-        lines += [f"| {layer.name} | {layer.kept} / {layer.total} | {layer.level:.1%} |" for layer in s.layers]
-        lines.append("")
+        table = [(layer.name, f"{layer.kept} / {layer.total}", f"{layer.level:.1%}") for layer in s.layers]
+        lines += ["## Per-layer widths", "", markdown_table(["layer", "kept / total", "level"], table), ""]
     if r.artifacts:
         lines += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in r.artifacts.items()] + [""]
     return "\n".join(lines)
@@ -135,6 +121,6 @@ def write_report(report: RunReport, out_dir: str | os.PathLike[str]) -> dict[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(report, out)
-    _atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
-    _atomic_write(out / "report.md", _markdown(report, plots))
+    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
+    write_text_atomic(out / "report.md", _markdown(report, plots))
     return {"json": out / "report.json", "markdown": out / "report.md", **{n: out / n for n in plots.values()}}

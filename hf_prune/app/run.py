@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import HfPruneError
 from ..integrations.checkpoints import publish_directory, published
+from ..model_kind import example_inputs, input_size
 from .data import TrainEvalData, load_image_data
 from .preprocessing import transforms_for
 from .models import load_model
@@ -57,7 +58,7 @@ def _check_writable(directory: Path) -> None:
         raise OutputDirError(f"output directory {str(directory)!r} is not writable: {e.strerror or e}") from e
 
 
-def _build_model(recipe: Recipe) -> tuple[nn.Module, Any]:
+def _build_model(recipe: Recipe) -> nn.Module:
     spec = recipe.model
     if spec.config is not None:
         from transformers import AutoConfig, AutoModelForImageClassification
@@ -71,17 +72,14 @@ def _build_model(recipe: Recipe) -> tuple[nn.Module, Any]:
             config.num_labels = spec.num_classes
         if spec.image_size is not None and hasattr(config, "image_size"):
             config.image_size = spec.image_size
-        model = AutoModelForImageClassification.from_config(config).eval()
-        size = spec.image_size or getattr(config, "image_size", 224)
-        return model, {"pixel_values": torch.randn(1, getattr(config, "num_channels", 3), size, size)}
-    return load_model(spec.name, num_classes=spec.num_classes, pretrained=spec.pretrained, image_size=spec.image_size)
+        return AutoModelForImageClassification.from_config(config).eval()
+    return load_model(spec.name, num_classes=spec.num_classes, pretrained=spec.pretrained, image_size=spec.image_size)[0]
 
 
-def _seeded(inputs: Any) -> Any:
-    g = torch.Generator().manual_seed(0)
-    if isinstance(inputs, dict):
-        return {k: torch.randn(v.shape, generator=g) for k, v in inputs.items()}
-    return torch.randn(inputs.shape, generator=g)
+def _seeded_inputs(model: nn.Module, image_size: int | None) -> Any:
+    """Example inputs with the same values on every process of a distributed run."""
+    size = (input_size(model)[0], image_size, image_size) if image_size else None
+    return example_inputs(model, size=size, generator=torch.Generator().manual_seed(0))
 
 
 def _load_data(recipe: Recipe, model: nn.Module, example_inputs: Any) -> TrainEvalData:
@@ -168,8 +166,8 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
         for leftover in [*out.glob(".*.tmp"), *out.glob("dense/.*.tmp")]:  # written aside by a killed run
             shutil.rmtree(leftover, ignore_errors=True)
     set_seed(args.seed)  # the same weights in every process and when the run is started again
-    model, example_inputs = _build_model(recipe)
-    example_inputs = _seeded(example_inputs)  # every process of a distributed run traces the same inputs
+    model = _build_model(recipe)
+    example_inputs = _seeded_inputs(model, recipe.model.image_size)
     data = _load_data(recipe, model, example_inputs)
     report = RunReport(recipe=str(path), model=recipe.model.name or recipe.model.config.get("model_type", "?"))
 
@@ -225,7 +223,7 @@ def _onnx_speed(recipe: Recipe, example_inputs: Any, pruned_onnx: Path, out: Pat
     """Latency of the pruned ONNX model next to the dense one (a fresh dense export of the same model)."""
     from ..integrations.onnx import ONNX_NAME, export_onnx
 
-    dense, _ = _build_model(recipe)
+    dense = _build_model(recipe)
     publish_directory(out / "onnx_dense", lambda tmp: export_onnx(dense, tmp))
     dense_onnx = out / "onnx_dense" / ONNX_NAME
     x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from ..errors import AnalysisError
+from ..model_kind import example_inputs as default_inputs
 from .flops import FlopsModel
 from .groups import PruningGroup, PruningPolicy, build_groups, unprunable_layers
 from .trace import ModelTrace, trace_model
@@ -43,9 +44,6 @@ class ModelAnalysis:
     def dense_params(self) -> float:
         return self.flops_model.params(trainable_only=self.params)
 
-    def group(self, group_id: int) -> PruningGroup:
-        return self.groups[group_id]
-
     def to_dict(self) -> dict[str, Any]:
         total = self.dense_flops or 1.0
         return {
@@ -55,22 +53,6 @@ class ModelAnalysis:
             "groups": [dict(g.to_dict(), flops_share=g.flops / total) for g in self.groups],
             "unprunable_layers": self.unprunable_layers,
         }
-
-
-def default_example_inputs(model: nn.Module) -> Any:
-    """Example inputs from a timm ``pretrained_cfg`` or a transformers vision config."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("input_size"):
-        return torch.randn(1, *cfg["input_size"])
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "image_size", None) is not None:
-        size = config.image_size
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        return {"pixel_values": torch.randn(1, getattr(config, "num_channels", 3), *size)}
-    raise AnalysisError(
-        f"Cannot infer example inputs for {type(model).__name__}: pass example_inputs, "
-        "e.g. torch.randn(1, 3, 224, 224) or {'pixel_values': ...}"
-    )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -143,7 +125,7 @@ def analyze_model(model: nn.Module, example_inputs: Any = None, policy: PruningP
         raise AnalysisError(f"expected a torch.nn.Module, got {type(model).__name__}")
     model_device(model)
     if example_inputs is None:
-        example_inputs = default_example_inputs(model)
+        example_inputs = default_inputs(model)
     inputs = canonical_inputs(example_inputs)
     copy_ = canonical_copy(model)
     with torch.autocast("cpu", enabled=False), _cuda_autocast_disabled():

@@ -8,7 +8,6 @@ reason forbids it; every layer that cannot be pruned says why.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Iterable, Sequence
 from torch import nn
 
 from ..errors import ScopeError
+from ..text import did_you_mean
 from .spaces import SpaceTable
 from .trace import ModelTrace
 
@@ -132,8 +132,7 @@ def _scope_matcher(scopes: Iterable[str], model: nn.Module, key: str, validate: 
             kind = "module name"
         if validate and not any(pattern(m) for m in modules):
             pool = [n for m in modules for n in names[m][:1]] if kind == "NNCF scope" else modules
-            close = difflib.get_close_matches(scope.replace("{re}", ""), pool, n=5, cutoff=0.5)
-            hint = f"; closest {'names' if kind == 'NNCF scope' else 'module names'}: {', '.join(close)}" if close else ""
+            hint = did_you_mean(scope.replace("{re}", ""), pool, n=5, cutoff=0.5)
             what = f"no module named {scope!r}" if kind == "module name" else f"{kind} {scope!r} matches no module"
             raise ScopeError(f"{key}: {what} in the model{hint} (validate_scopes: false allows it)")
         patterns.append(pattern)

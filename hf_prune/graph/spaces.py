@@ -158,9 +158,6 @@ class SpaceTable:
         for s in label:
             self.block(s, reason)
 
-    def own_reasons(self, sid: int) -> list[str]:
-        return list(self._roots[self.find(sid)].reasons)
-
     def reasons(self, sid: int) -> list[str]:
         """Blocking reasons of a space, including those of every space it was decomposed from."""
         out: list[str] = []

@@ -78,7 +78,6 @@ class ModelTrace:
     opaque_ops: dict[str, str]
     input_labels: list[Label]
     module_classes: dict[str, str]
-    num_ops: int = 0
     head_labels: list[Label] = field(default_factory=list)
     """Batch dimensions of per-head contractions (``scaled_dot_product_attention``, a matmul of two
     activations): the attention heads, when a reshape split them from a projection's channels."""
@@ -169,7 +168,6 @@ class _Tracer(TorchDispatchMode):
         self.stack: list[str] = [""]
         self.last_op = ""
         self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
-        self.num_ops = 0
         self.rules: dict[Any, Callable] = {
             aten.convolution: self._conv, aten.mm: self._mm, aten.addmm: self._mm, aten.bmm: self._mm,
             aten.baddbmm: self._mm, aten.native_layer_norm: self._layer_norm,
@@ -240,7 +238,6 @@ class _Tracer(TorchDispatchMode):
         except Exception:
             self.failed_at = self.failed_at or (self.module, self.last_op)
             raise
-        self.num_ops += 1
         flat_args = tree_flatten((args, kwargs))[0]
         ins = _tensors(flat_args)
         outs = _tensors(tree_flatten(out)[0])
@@ -769,6 +766,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         opaque_ops=tracer.opaque_ops,
         input_labels=input_labels,
         module_classes={n: type(m).__name__ for m, n in names.items()},
-        num_ops=tracer.num_ops,
         head_labels=tracer.head_labels,
     )

@@ -12,8 +12,10 @@ from accelerate import Accelerator
 from torch import nn
 
 from ..config import PruningConfig
+from ..distributed import broadcast_from_main
+from ..errors import PruningStateError
 from .checkpoints import published, swap_in, weights_digest
-from .distributed import PruningRun, PruningStateError, broadcast_from_main, example_inputs_from_dataset
+from .distributed import PruningRun, example_inputs_from_dataset
 
 
 class AcceleratedPruner(PruningRun):
@@ -24,7 +26,8 @@ class AcceleratedPruner(PruningRun):
     main process only, after the weights) with a digest of the weights they belong to: loading a state
     whose weights and pruning state disagree (a save cut short over an older one) is refused.
     :meth:`save_checkpoint` / :meth:`load_checkpoint` make that crash-safe: a checkpoint directory is
-    replaced only once the new one is complete. Masks are decided on the main process and broadcast;
+    replaced only once the new one is complete. Every process plans masks; the main process's are broadcast
+    and replace the others';
     BatchNorm adaptation (when ``pruning_init`` > 0 and ``data_loader`` is given) averages its
     statistics across processes, and ``data_loader`` stays the controller's for later adaptations.
     ::

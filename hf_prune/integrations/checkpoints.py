@@ -9,8 +9,8 @@ refused instead of resumed with masks that disagree with its weights.
 A SIGKILL can still leave the newest ``checkpoint-N`` folder half written (weights, optimizer, no
 trainer state yet). :func:`last_complete_checkpoint` skips such folders with a warning naming them;
 ``PruningTrainer.train(resume_from_checkpoint=True)`` uses it, and users of their own ``Trainer`` pass
-its result to ``train``. :func:`write_atomic` / :func:`publish_directory` are the write-then-rename
-helpers of the other integrations.
+its result to ``train``. :func:`publish_directory` writes a directory then renames it into place (one
+file: :func:`hf_prune.files.write_atomic`).
 """
 
 from __future__ import annotations
@@ -130,20 +130,6 @@ def last_complete_checkpoint(output_dir: str | os.PathLike[str], world_size: int
     warnings.warn(f"no complete checkpoint in {output_dir}, training starts from the beginning: skipping incomplete "
                   f"checkpoint(s) {'; '.join(skipped)}", stacklevel=2)
     return None
-
-
-def write_atomic(path: str | os.PathLike[str], write: Callable[[str], Any]) -> Path:
-    """``write(temporary path)`` next to ``path``, then rename it over ``path`` (whole file or none)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def publish_directory(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:

@@ -2,7 +2,8 @@
 
 Both training integrations (:mod:`.trainer`, :mod:`.accelerate`) drive pruning through a
 :class:`PruningRun`. It creates the controller on the unwrapped model from inputs that are the same on
-every rank, decides masks on the main process and broadcasts them, checks checkpointed state against
+every rank, makes every rank use the main process's masks (each plans, then the main process's state
+is broadcast and loaded by the others), checks checkpointed state against
 the model and config before loading it, reports the values to log, and refuses to step a model whose
 shapes changed under the optimizer.
 """
@@ -14,41 +15,19 @@ from collections.abc import Mapping
 from typing import Any, Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..algorithm.bn_adaptation import _accepts_kwarg, adapt_batchnorm
+from ..algorithm.bn_adaptation import adapt_batchnorm
 from ..algorithm.controller import FilterPruningController, create_pruning_controller
 from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
-from ..errors import HfPruneError, PruningLevelError
+from ..distributed import broadcast_from_main, is_main_process
+from ..errors import HfPruneError, PruningStateError
+from ..model_kind import example_inputs
 from .serialization import FORMAT_VERSION, _input_shapes
 
 EXAMPLE_SEED = 0
 """Seed of the example inputs: every process traces the model on the same values."""
-
-
-class PruningStateError(HfPruneError, ValueError):
-    """A saved pruning state does not belong to this model and pruning config."""
-
-
-def is_distributed() -> bool:
-    """Whether a ``torch.distributed`` process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed job, or the only process."""
-    return not is_distributed() or dist.get_rank() == 0
-
-
-def broadcast_from_main(obj: Any) -> Any:
-    """The main process's ``obj`` on every process (``obj`` itself when not distributed)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def as_pruning_config(value: PruningConfig | Mapping[str, Any] | str | os.PathLike[str]) -> PruningConfig:
@@ -67,7 +46,7 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
     """Batch-1 example inputs shaped like ``dataset[0]``'s image, with seeded values (same on every rank).
 
     A sample is ``{"pixel_values": (C, H, W), ...}`` or ``(image, label)``. The result is a dict for
-    models taking ``pixel_values`` (transformers) and a tensor otherwise (timm).
+    transformers models and a tensor otherwise (:func:`hf_prune.model_kind.example_inputs`).
     """
     try:
         sample = dataset[0]
@@ -77,9 +56,7 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
         raise HfPruneError(f"cannot take example inputs from {type(dataset).__name__} ({exc!r}): pass "
                            "example_inputs=, e.g. {'pixel_values': torch.randn(1, 3, 224, 224)}") from exc
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
-    param = next(model.parameters())
-    x = torch.randn((1, *shape), generator=generator).to(param.device, param.dtype)
-    return {"pixel_values": x} if _accepts_kwarg(model, "pixel_values") else x
+    return example_inputs(model, size=tuple(shape), generator=generator, like=next(model.parameters()))
 
 
 class PruningRun:
@@ -195,7 +172,7 @@ class PruningRun:
                                     + "; ".join(f"{key}: {saved!r} saved, {now!r} now" for key, saved, now in diff))
         try:
             self.controller.load_state_dict(state["controller"])
-        except PruningLevelError as exc:  # a state without model signature (serialization.save_pruning_state)
+        except PruningStateError as exc:  # a state without model signature (serialization.save_pruning_state)
             raise PruningStateError(f"the pruning state{where} does not fit this model: {exc}") from None
 
     def _signature(self) -> dict[str, Any]:

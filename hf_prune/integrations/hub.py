@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..algorithm.controller import FilterPruningController
 from ..graph.surgery import resize_to_spec, shape_spec
+from ..text import markdown_table
 from .serialization import (
     dense_reference, ensure_stripped, input_size, logits, model_library, pruning_record, save_pretrained,
 )
@@ -101,9 +102,10 @@ def _statistics_section(stats: dict[str, Any]) -> str:
     lines = [
         "## Pruning statistics", "",
         f"Measured at input size {'×'.join(map(str, stats['input_size']))}, batch 1.", "",
-        "| | dense | pruned | change |", "|---|---:|---:|---:|",
-        f"| FLOPs | {flops['before'] / 1e9:.3f} G | {flops['after'] / 1e9:.3f} G | {_change(**flops)} |",
-        f"| Parameters | {params['before'] / 1e6:.3f} M | {params['after'] / 1e6:.3f} M | {_change(**params)} |",
+        markdown_table(["", "dense", "pruned", "change"], [
+            ("FLOPs", f"{flops['before'] / 1e9:.3f} G", f"{flops['after'] / 1e9:.3f} G", _change(**flops)),
+            ("Parameters", f"{params['before'] / 1e6:.3f} M", f"{params['after'] / 1e6:.3f} M", _change(**params)),
+        ], "lrrr"),
     ]
     recorded = stats["pruning_statistics"]
     if recorded:
@@ -111,9 +113,9 @@ def _statistics_section(stats: dict[str, Any]) -> str:
         lines += ["", f"Pruning level {recorded['current_level']:.3f} (target {recorded['target_level']:.3f} of "
                       f"{kind}); filters {recorded['filters_before']} → {recorded['filters_after']}."]
     lines += ["", "### Width per stage", "", "Output channels of the conv and linear layers of each stage.", "",
-              "| stage | dense | pruned | kept |", "|---|---:|---:|---:|"]
-    lines += [f"| `{s['stage']}` | {s['before']} | {s['after']} | {s['after'] / s['before']:.0%} |"
-              for s in stats["stages"] if s["before"]]
+              markdown_table(["stage", "dense", "pruned", "kept"],
+                             [(f"`{s['stage']}`", s["before"], s["after"], f"{s['after'] / s['before']:.0%}")
+                              for s in stats["stages"] if s["before"]], "lrrr")]
     return "\n".join(lines)
 
 

@@ -29,7 +29,8 @@ from torch import nn
 from ..algorithm.controller import FilterPruningController
 from ..errors import HfPruneError
 from ..graph.surgery import shallow_copy
-from .serialization import ensure_stripped, from_pretrained, input_size, logits, model_library
+from ..model_kind import input_size, random_images
+from .serialization import ensure_stripped, from_pretrained, logits, model_library
 
 __all__ = ["OnnxExportError", "check_onnx", "export_onnx", "exporter"]
 
@@ -112,7 +113,7 @@ def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
         raise OnnxExportError("ONNX export needs onnxscript (torch.onnx's exporter) or Optimum: "
                               "pip install 'hf_prune[onnx]' or 'hf_prune[optimum]'")
     output.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(2, *input_size(model))
+    example = random_images(model, 2)
     auto = torch.export.Dim.AUTO  # dynamic where the model allows (batch; height and width for most convnets)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -131,7 +132,7 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], *, batch_siz
     """Run ``onnx_path`` in ONNX Runtime and ``model`` in PyTorch on one random batch; return the largest
     absolute difference of the logits, or raise :class:`OnnxExportError` if they differ by more than
     ``atol`` × (largest PyTorch logit, at least 1) + ``rtol`` × |logit|."""
-    pixel_values = torch.randn(batch_size, *input_size(model))
+    pixel_values = random_images(model, batch_size)
     was_training = model.training
     expected = logits(model.eval(), pixel_values).numpy()
     model.train(was_training)

@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import HfPruneError, PruningLevelError
+from ..errors import HfPruneError, PruningStateError
+from ..files import write_atomic
+from ..model_kind import input_size, library_of
 
 if TYPE_CHECKING:
     from ..algorithm.controller import FilterPruningController
@@ -76,35 +78,13 @@ class PrunedModelError(HfPruneError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- records
-def _is_transformers(model: nn.Module) -> bool:
-    transformers = sys.modules.get("transformers")  # no transformers model exists before transformers is imported
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
-
-
-def _is_timm(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "pretrained_cfg", None), dict) and "architecture" in model.pretrained_cfg
-
-
 def model_library(model: nn.Module) -> str:
     """``"transformers"`` or ``"timm"``; anything else raises :class:`PrunedModelError`."""
-    if _is_transformers(model):
-        return "transformers"
-    if _is_timm(model):
-        return "timm"
+    library = library_of(model)
+    if library is not None:
+        return library
     raise PrunedModelError(f"{type(model).__name__} is neither a transformers PreTrainedModel nor a timm model: "
                            "hf_prune saves and loads only those")
-
-
-def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """(channels, height, width) ``model`` takes: timm's current input config, or a transformers config's
-    ``image_size`` (224 for convnets whose config has none)."""
-    if model_library(model) == "timm":
-        from timm.models._input import get_model_input_config
-
-        return tuple(get_model_input_config(model)["input_size"])
-    size = getattr(model.config, "image_size", 224)
-    height, width = size if isinstance(size, (list, tuple)) else (size, size)
-    return getattr(model.config, "num_channels", 3), height, width
 
 
 def logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -116,7 +96,7 @@ def logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def pruning_record(model: nn.Module) -> dict[str, Any] | None:
     """The pruning record ``model`` carries (from its last strip, save or load), or None."""
-    if _is_transformers(model):
+    if library_of(model) == "transformers":
         record = getattr(model.config, "quantization_config", None)
         if record is not None and not isinstance(record, dict):
             record = record.to_dict()  # a QuantizationConfigMixin
@@ -126,7 +106,7 @@ def pruning_record(model: nn.Module) -> dict[str, Any] | None:
 
 def set_record(model: nn.Module, record: dict[str, Any] | None) -> None:
     """Attach ``record`` to ``model`` (transformers: its config; timm: an attribute), or remove it (None)."""
-    if _is_transformers(model):
+    if library_of(model) == "transformers":
         if record is not None:
             model.config.quantization_config = record
         elif pruning_record(model) is not None:
@@ -188,7 +168,7 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
 
 def _record_strip(model: nn.Module, controller: FilterPruningController) -> None:
     """Strip hook: attach the record, so that transformers' own ``save_pretrained`` writes the new shapes."""
-    if not (_is_transformers(model) or _is_timm(model)):
+    if library_of(model) is None:
         return
     try:
         set_record(model, _make_record(model, _summary(controller)))
@@ -500,9 +480,10 @@ def _random_inputs(shapes: Any) -> Any:
 def save_pruning_state(controller: FilterPruningController, directory: str | os.PathLike[str]) -> Path:
     """Write ``controller``'s config, example-input shapes and state to ``directory/pruning_state.pt``."""
     path = Path(directory) / STATE_NAME
-    torch.save({"format_version": FORMAT_VERSION, "config": controller.config.to_dict(),
-                "example_inputs": _input_shapes(controller.analysis.example_inputs),
-                "controller": controller.state_dict()}, path)
+    state = {"format_version": FORMAT_VERSION, "config": controller.config.to_dict(),
+             "example_inputs": _input_shapes(controller.analysis.example_inputs),
+             "controller": controller.state_dict()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
     return path
 
 
@@ -517,17 +498,17 @@ def load_pruning_controller(model: nn.Module, directory: str | os.PathLike[str],
 
     path = Path(directory) / STATE_NAME
     if not path.is_file():
-        raise PrunedModelError(f"{directory}: missing {STATE_NAME} (the directory holds no pruning run in progress)")
+        raise PruningStateError(f"{directory}: missing {STATE_NAME} (the directory holds no pruning run in progress)")
     state = torch.load(path, weights_only=True)
     if state.get("format_version") != FORMAT_VERSION:
-        raise PrunedModelError(f"{path}: hf_prune format_version {state.get('format_version')!r} is not supported "
-                               f"(this hf_prune reads version {FORMAT_VERSION}); upgrade hf_prune")
+        raise PruningStateError(f"{path}: hf_prune format_version {state.get('format_version')!r} is not supported "
+                                f"(this hf_prune reads version {FORMAT_VERSION}); upgrade hf_prune")
     controller = create_pruning_controller(model, PruningConfig.from_dict(state["config"]),
                                            _random_inputs(state["example_inputs"]), data_loader)
     try:
         controller.load_state_dict(state["controller"])
-    except PruningLevelError as exc:
-        raise PrunedModelError(f"{path}: {exc}") from None
+    except PruningStateError as exc:
+        raise PruningStateError(f"{path}: {exc}") from None
     return controller
 
 

@@ -24,16 +24,18 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..algorithm.bn_adaptation import _accepts_kwarg
 from ..algorithm.controller import FilterPruningController
 from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
-from ..errors import HfPruneError
+from ..distributed import broadcast_from_main
+from ..errors import HfPruneError, PruningStateError
+from ..files import write_atomic
+from ..model_kind import library_of
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
-    read_trainer_record, weights_digest, write_atomic,
+    read_trainer_record, weights_digest,
 )
-from .distributed import PruningRun, PruningStateError, as_pruning_config, broadcast_from_main, example_inputs_from_dataset
+from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset
 from .serialization import STATE_NAME
 
 FULLY_COMPRESSED = 2
@@ -61,8 +63,8 @@ class ImageClassifierAdapter(nn.Module):
 
 def trainer_model(model: nn.Module) -> nn.Module:
     """``model`` as ``transformers.Trainer`` calls it (``model(pixel_values=..., labels=...)``): itself if it
-    takes ``pixel_values``, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
-    return model if _accepts_kwarg(model, "pixel_values") else ImageClassifierAdapter(model)
+    is a transformers model, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
+    return model if library_of(model) == "transformers" else ImageClassifierAdapter(model)
 
 
 class PruningCallback(TrainerCallback, ExportableState):
@@ -74,8 +76,8 @@ class PruningCallback(TrainerCallback, ExportableState):
       resumed, restores the pruning state saved in the checkpoint's ``trainer_state.json`` after checking
       that it belongs to the weights the Trainer loaded; else runs BatchNorm adaptation if
       ``pruning_init`` > 0;
-    - ``on_epoch_begin`` / ``on_step_end``: ``scheduler.epoch_step()`` / ``scheduler.step()``; masks are
-      decided on the main process and broadcast;
+    - ``on_epoch_begin`` / ``on_step_end``: ``scheduler.epoch_step()`` / ``scheduler.step()``; every process
+      plans masks, then the main process's replace the others' (broadcast);
     - while training, the controller's loss is added to the model output's ``loss`` (a forward hook), so
       its gradients are clipped and accumulated with the task's exactly as in :class:`PruningTrainer`;
       set ``adds_loss = False`` when your own ``compute_loss`` adds ``callback.run.loss()``;

@@ -1,0 +1,65 @@
+"""What a model is and what it takes: its library (transformers or timm), its input size, example inputs.
+
+Every wing asks these questions here, so that "is this a transformers model?" has one answer: an
+instance of ``transformers.PreTrainedModel``. A timm model carries a ``pretrained_cfg`` naming its
+architecture. Any other module is called on an image tensor, as timm models are.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .errors import AnalysisError
+
+__all__ = ["DEFAULT_INPUT_SIZE", "example_inputs", "input_size", "library_of", "random_images"]
+
+Library = Literal["transformers", "timm"]
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+"""(channels, height, width) of a transformers model whose config has no ``image_size`` (convnets)."""
+
+
+def library_of(model: nn.Module) -> Library | None:
+    """``"transformers"``, ``"timm"``, or None for any other module."""
+    transformers = sys.modules.get("transformers")  # no transformers model exists before transformers is imported
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        return "transformers"
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and "architecture" in cfg:
+        return "timm"
+    return None
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) ``model`` takes: timm's current input config, or a transformers config's
+    ``image_size`` (224 for convnets whose config has none). :class:`AnalysisError` for other modules."""
+    library = library_of(model)
+    if library == "timm":
+        from timm.models._input import get_model_input_config
+
+        return tuple(get_model_input_config(model)["input_size"])
+    if library == "transformers":
+        size = getattr(model.config, "image_size", None) or DEFAULT_INPUT_SIZE[1]
+        height, width = size if isinstance(size, (list, tuple)) else (size, size)
+        return getattr(model.config, "num_channels", DEFAULT_INPUT_SIZE[0]), height, width
+    raise AnalysisError(f"cannot infer the input size of {type(model).__name__} (neither a transformers nor a timm "
+                        "model): pass example_inputs, e.g. torch.randn(1, 3, 224, 224)")
+
+
+def random_images(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None,
+                  generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A batch of random images of ``size`` (C, H, W; default :func:`input_size`). ``generator`` seeds the
+    values; ``like``: a tensor whose device and dtype they take."""
+    x = torch.randn(batch, *(size or input_size(model)), generator=generator)
+    return x if like is None else x.to(like.device, like.dtype)
+
+
+def example_inputs(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None,
+                   generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> Any:
+    """:func:`random_images` as ``model`` takes them: ``{"pixel_values": x}`` for transformers models,
+    ``x`` otherwise."""
+    x = random_images(model, batch, size, generator, like)
+    return {"pixel_values": x} if library_of(model) == "transformers" else x

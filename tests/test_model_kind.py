@@ -1,0 +1,30 @@
+"""One answer to "transformers or timm?", and example inputs shaped as each model takes them."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+from transformers import ResNetConfig, ResNetForImageClassification
+
+import pytest
+
+from hf_prune.errors import AnalysisError
+from hf_prune.model_kind import example_inputs, input_size, library_of
+
+
+def test_library_and_inputs() -> None:
+    hf = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+    tm = timm.create_model("test_resnet", num_classes=3)
+    plain = nn.Conv2d(3, 4, 3)
+    assert [library_of(m) for m in (hf, tm, plain)] == ["transformers", "timm", None]
+    assert input_size(hf) == (3, 224, 224)  # a convnet config without image_size
+    assert input_size(tm) == tuple(tm.pretrained_cfg["input_size"])
+    inputs = example_inputs(hf, batch=2, size=(3, 32, 32))
+    assert list(inputs) == ["pixel_values"] and inputs["pixel_values"].shape == (2, 3, 32, 32)
+    seeded = [example_inputs(tm, generator=torch.Generator().manual_seed(0), like=torch.empty(0, dtype=torch.float64))
+              for _ in range(2)]
+    assert torch.equal(*seeded) and seeded[0].dtype == torch.float64
+    assert example_inputs(plain, size=(3, 8, 8)).shape == (1, 3, 8, 8)
+    with pytest.raises(AnalysisError, match="Conv2d.*pass example_inputs"):
+        example_inputs(plain)
