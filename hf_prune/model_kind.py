@@ -7,6 +7,7 @@ architecture. Any other module is called on an image tensor, as timm models are.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from .errors import AnalysisError
 
-__all__ = ["DEFAULT_INPUT_SIZE", "example_inputs", "input_size", "library_of", "random_images"]
+__all__ = ["DEFAULT_INPUT_SIZE", "example_inputs", "input_size", "library_of", "random_images", "takes_pixel_values"]
 
 Library = Literal["transformers", "timm"]
 DEFAULT_INPUT_SIZE = (3, 224, 224)
@@ -31,6 +32,17 @@ def library_of(model: nn.Module) -> Library | None:
     if isinstance(cfg, dict) and "architecture" in cfg:
         return "timm"
     return None
+
+
+def takes_pixel_values(model: nn.Module) -> bool:
+    """Whether ``model`` is called as transformers image models are, ``model(pixel_values=..., labels=...)``:
+    every transformers model, and any module whose ``forward`` takes a ``pixel_values`` keyword."""
+    if library_of(model) == "transformers":
+        return True
+    try:
+        return "pixel_values" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -59,7 +71,7 @@ def random_images(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None
 
 def example_inputs(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None,
                    generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> Any:
-    """:func:`random_images` as ``model`` takes them: ``{"pixel_values": x}`` for transformers models,
-    ``x`` otherwise."""
+    """:func:`random_images` as ``model`` takes them: ``{"pixel_values": x}`` for models that take
+    ``pixel_values`` (:func:`takes_pixel_values`), ``x`` otherwise."""
     x = random_images(model, batch, size, generator, like)
-    return {"pixel_values": x} if library_of(model) == "transformers" else x
+    return {"pixel_values": x} if takes_pixel_values(model) else x

@@ -28,3 +28,24 @@ def test_library_and_inputs() -> None:
     assert example_inputs(plain, size=(3, 8, 8)).shape == (1, 3, 8, 8)
     with pytest.raises(AnalysisError, match="Conv2d.*pass example_inputs"):
         example_inputs(plain)
+
+
+def test_a_custom_module_taking_pixel_values_is_called_by_keyword():
+    from torch import nn
+
+    from hf_prune.integrations.trainer import ImageClassifierAdapter, trainer_model
+    from hf_prune.model_kind import example_inputs, takes_pixel_values
+
+    class HfStyle(nn.Module):  # neither transformers nor timm, but the transformers calling convention
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, pixel_values, labels=None):
+            return {"logits": self.conv(pixel_values).mean((2, 3))}
+
+    model = HfStyle()
+    assert takes_pixel_values(model) and trainer_model(model) is model
+    assert set(example_inputs(model, size=(3, 8, 8))) == {"pixel_values"}
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3))
+    assert not takes_pixel_values(plain) and isinstance(trainer_model(plain), ImageClassifierAdapter)

@@ -30,7 +30,7 @@ from ..config import PruningConfig
 from ..distributed import broadcast_from_main
 from ..errors import HfPruneError, PruningStateError
 from ..files import write_atomic
-from ..model_kind import library_of
+from ..model_kind import takes_pixel_values
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
     read_trainer_record, weights_digest,
@@ -63,8 +63,8 @@ class ImageClassifierAdapter(nn.Module):
 
 def trainer_model(model: nn.Module) -> nn.Module:
     """``model`` as ``transformers.Trainer`` calls it (``model(pixel_values=..., labels=...)``): itself if it
-    is a transformers model, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
-    return model if library_of(model) == "transformers" else ImageClassifierAdapter(model)
+    takes ``pixel_values``, else (timm) wrapped in an :class:`ImageClassifierAdapter`."""
+    return model if takes_pixel_values(model) else ImageClassifierAdapter(model)
 
 
 class PruningCallback(TrainerCallback, ExportableState):
