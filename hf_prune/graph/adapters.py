@@ -99,23 +99,20 @@ def _first_tensor(output: object) -> torch.Tensor | None:
     return output if isinstance(output, torch.Tensor) else None
 
 
-PROBE_SIZE = 64
-"""Side of the probe image for models that take any input size (widths do not depend on it)."""
-
-
 @torch.no_grad()
-def probe_widths(model: nn.Module) -> Widths:
+def probe_widths(model: nn.Module, warn: bool = True) -> Widths:
     """One batch-1 pass through every timm model inside ``model`` (``model`` itself included) recording the
-    shapes its width attributes describe. A model the probe cannot run is left out, with a warning."""
+    shapes its width attributes describe. A model the probe cannot run is left out (with a warning if ``warn``)."""
     out: Widths = {}
     for path, m in model.named_modules():
         if is_timm_model(m):
             try:
                 out[path] = _probe(m)
             except Exception as exc:  # noqa: BLE001 - a model-level attribute must not make the strip fail
-                warnings.warn(f"{path or type(m).__name__}: its model-level widths (num_features, feature_info) "
-                              f"cannot be probed and are left as they are: {type(exc).__name__}: {exc}",
-                              UserWarning, stacklevel=3)
+                if warn:
+                    warnings.warn(f"{path or type(m).__name__}: its model-level widths (num_features, feature_info) "
+                                  f"cannot be probed and are left as they are: {type(exc).__name__}: {exc}",
+                                  UserWarning, stacklevel=3)
     return out
 
 
@@ -132,12 +129,8 @@ def _probe(model: nn.Module) -> dict[str, tuple[int, ...]]:
                 shapes.setdefault(key, tuple(t.shape))
         return hook
 
-    config = get_model_input_config(model)
-    channels, *size = config["input_size"]
-    if not config["fixed_input_size"]:
-        size = [PROBE_SIZE] * len(size)
     ref = next(model.parameters(), None)
-    x = torch.zeros(1, channels, *size, device=None if ref is None else ref.device,
+    x = torch.zeros(1, *get_model_input_config(model)["input_size"], device=None if ref is None else ref.device,
                     dtype=None if ref is None else ref.dtype)
     hooks = [modules[e["module"]].register_forward_hook(store(e["module"]))
              for e in feature_info_list(model) if e.get("module") in modules]
@@ -166,16 +159,32 @@ def _new_width(value: int, dense: tuple[int, ...] | None, new: tuple[int, ...] |
 
 def refresh_model_widths(model: nn.Module, dense: Widths) -> None:
     """Set the width attributes and ``feature_info`` channels of every timm model inside ``model`` from its
-    current layers, given :func:`probe_widths` of the model before its channels were removed."""
+    current layers, given :func:`probe_widths` of the model before its channels were removed. A model that
+    no longer runs is left as it is (the strip's verification says why)."""
     modules = dict(model.named_modules())
-    for path, new in probe_widths(model).items():
+    for path, new in probe_widths(model, warn=False).items():
         m, old = modules[path], dense.get(path, {})
         for attr in MODEL_WIDTHS:
             value = getattr(m, attr, None)
             if type(value) is int:
                 setattr(m, attr, _new_width(value, old.get(_SOURCE[attr]), new.get(_SOURCE[attr])))
+        for head in _head_modules(m):  # a head module keeping its own widths (MambaOut's MlpHead)
+            for attr, value in int_attributes(head).items():
+                if attr != "num_classes":
+                    value = _new_width(value, old.get("pre_logits"), new.get("pre_logits"))
+                    setattr(head, attr, _new_width(value, old.get("features"), new.get("features")))
         for entry in feature_info_list(m):
             entry["num_chs"] = _new_width(entry["num_chs"], old.get(entry.get("module")), new.get(entry.get("module")))
+
+
+def _head_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules between a timm model and its classifier (``get_classifier()``), layers excepted."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    name = next((n for n, c in model.named_modules() if c is classifier), "") if isinstance(classifier, nn.Module) else ""
+    parts = name.split(".")[:-1]
+    modules = dict(model.named_modules())
+    heads = [modules[".".join(parts[:i])] for i in range(1, len(parts) + 1)]
+    return [h for h in heads if not isinstance(h, WIDTH_LAYERS)]
 
 
 def feature_channels(model: nn.Module) -> dict[str, list[int]]:
