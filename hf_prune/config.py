@@ -338,7 +338,8 @@ class PruningConfig(_Section):
     def from_file(cls, path: str | os.PathLike[str]) -> PruningConfig:
         """Read a ``.json``, ``.yaml`` or ``.yml`` file (through :meth:`from_dict`).
 
-        A file whose top level has a ``pruning`` section (a recipe) uses that section.
+        A file whose top level has a ``pruning`` section (a recipe) uses that section. A ``format_version``
+        (written by :meth:`save_pretrained`) this hf_prune does not know is refused, naming the file.
         """
         path = Path(path)
         file_format = _file_format(path)
@@ -349,6 +350,13 @@ class PruningConfig(_Section):
             data = json.loads(text) if file_format == "json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
             raise PruningConfigError([("", f"cannot parse file: {exc}")], source=path) from exc
+        if isinstance(data, Mapping) and "format_version" in data:  # written by save_pretrained
+            data = dict(data)
+            version = data.pop("format_version")
+            if version != FORMAT_VERSION:
+                raise PruningConfigError([("format_version", f"{version!r} is not supported (this hf_prune reads "
+                                           f"version {FORMAT_VERSION}); the file was written by a newer hf_prune: "
+                                           "upgrade hf_prune")], source=path)
         prefix = ""
         if isinstance(data, Mapping) and "pruning" in data:
             prefix, data = "pruning", {} if data["pruning"] is None else data["pruning"]
@@ -369,33 +377,11 @@ class PruningConfig(_Section):
         local = Path(path).expanduser()
         if subfolder:
             local = local / subfolder
-        if local.is_file() and local.suffix.lower() != ".json":
+        if local.is_file():
             return cls.from_file(local)
-        if local.is_dir() or local.is_file():
-            file = local if local.is_file() else local / CONFIG_NAME
-        else:
-            file = _hub_file(os.fspath(path), subfolder, revision, cache_dir, token)
-        return cls._from_json(file)
-
-    @classmethod
-    def _from_json(cls, file: Path) -> PruningConfig:
-        if not file.is_file():
-            raise FileNotFoundError(f"pruning config file not found: {file}")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise PruningConfigError([("", f"cannot parse file: {exc}")], source=file) from exc
-        if isinstance(data, Mapping) and "format_version" in data:
-            data = dict(data)
-            version = data.pop("format_version")
-            if version != FORMAT_VERSION:
-                raise PruningConfigError([("format_version", f"{version!r} is not supported (this hf_prune reads "
-                                           f"version {FORMAT_VERSION}); the file was written by a newer hf_prune: "
-                                           "upgrade hf_prune")], source=file)
-        try:
-            return cls.from_dict(data)
-        except PruningConfigError as exc:
-            raise exc.with_prefix("", source=file) from None
+        if local.is_dir():
+            return cls.from_file(local / CONFIG_NAME)
+        return cls.from_file(_hub_file(os.fspath(path), subfolder, revision, cache_dir, token))
 
     def to_dict(self) -> dict[str, Any]:
         """The NNCF algorithm dict; unset optional params are omitted."""
