@@ -118,3 +118,23 @@ def test_every_timm_test_model(name: str) -> None:
     small.reset_classifier(5)
     with torch.no_grad():
         assert small(x).shape == (1, 5)
+
+
+def test_timm_model_inside_transformers_wrapper(tmp_path: Path) -> None:
+    """transformers' ``TimmWrapperForImageClassification``: the inner timm model's widths follow the strip
+    and the reload (through transformers' loader)."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    model = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="test_efficientnet", num_labels=10))
+    randomize_norms(model.eval())
+    x = torch.randn(1, 3, 64, 64)
+    controller = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5}},
+                                                    example_inputs={"pixel_values": x})
+    controller.set_pruning_level(0.5)
+    small = controller.strip_model(model, do_copy=True)
+    assert small.timm_model.num_features < model.timm_model.num_features
+    assert_truthful(small.timm_model, x)
+    save_pretrained(small, tmp_path / "model")
+    loaded = from_pretrained(tmp_path / "model")
+    assert widths(loaded.timm_model) == widths(small.timm_model)
+    assert_truthful(loaded.timm_model, x)
