@@ -151,8 +151,10 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     if reference is not None:
         spec["attributes"] = _changed_attributes(model, reference)
         dense_channels = feature_channels(reference)
-        spec["feature_channels"] = {path: channels for path, channels in feature_channels(model).items()
-                                    if dense_channels.get(path, channels) != channels}
+        changed = {path: channels for path, channels in feature_channels(model).items()
+                   if dense_channels.get(path, channels) != channels}
+        if changed:
+            spec["feature_channels"] = changed
     return spec
 
 
