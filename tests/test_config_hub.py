@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 import huggingface_hub
 import pytest
 from huggingface_hub import HfApi, RepoUrl
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import get_session
 from transformers import HfArgumentParser, TrainingArguments
 
 from hf_prune import PruningArguments, PruningConfig, PruningConfigError
@@ -20,6 +22,16 @@ from hf_prune.config import CONFIG_NAME
 
 CONFIG = PruningConfig(pruning_init=0.1, pruning_flops_target=0.4, pruning_steps=5, channel_multiple=16,
                        ignored_scopes=["conv1"])
+
+
+def hub_error(cls: type[HfHubHTTPError], message: str) -> HfHubHTTPError:
+    """A Hub client error as the client raises it (huggingface_hub >= 1.0 requires the HTTP response, of the
+    HTTP library its session uses)."""
+    try:
+        return cls(message)
+    except TypeError:
+        http = importlib.import_module(type(get_session()).__module__.split(".")[0])
+        return cls(message, response=http.Response(404, request=http.Request("GET", "https://huggingface.co")))
 
 
 class FakeHub:
@@ -45,13 +57,13 @@ class FakeHub:
                  cache_dir: Any = None, token: Any = None) -> str:
         self.calls.append({"download": repo_id, "token": token})
         if repo_id not in self.repos:
-            raise RepositoryNotFoundError(f"404 Client Error. Repository Not Found for url: .../{repo_id}")
+            raise hub_error(RepositoryNotFoundError, f"404 Client Error. Repository Not Found for url: .../{repo_id}")
         revision = revision or "main"
         if not any(r == repo_id and rev == revision for r, rev, _ in self.files):
-            raise RevisionNotFoundError(f"404 Client Error. Revision Not Found: {revision}")
+            raise hub_error(RevisionNotFoundError, f"404 Client Error. Revision Not Found: {revision}")
         path = f"{subfolder}/{filename}" if subfolder else filename
         if (repo_id, revision, path) not in self.files:
-            raise EntryNotFoundError(f"404 Client Error. Entry Not Found: {path}")
+            raise hub_error(EntryNotFoundError, f"404 Client Error. Entry Not Found: {path}")
         local = Path(cache_dir) / repo_id / revision / path
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(self.files[(repo_id, revision, path)])
