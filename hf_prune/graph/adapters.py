@@ -171,8 +171,10 @@ def refresh_model_widths(model: nn.Module, dense: Widths) -> None:
         for head in _head_modules(m):  # a head module keeping its own widths (MambaOut's MlpHead)
             for attr, value in int_attributes(head).items():
                 if attr != "num_classes":
-                    value = _new_width(value, old.get("pre_logits"), new.get("pre_logits"))
-                    setattr(head, attr, _new_width(value, old.get("features"), new.get("features")))
+                    width = _new_width(value, old.get("pre_logits"), new.get("pre_logits"))
+                    if width == value:
+                        width = _new_width(value, old.get("features"), new.get("features"))
+                    setattr(head, attr, width)
         for entry in feature_info_list(m):
             entry["num_chs"] = _new_width(entry["num_chs"], old.get(entry.get("module")), new.get(entry.get("module")))
 
