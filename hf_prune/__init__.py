@@ -20,7 +20,8 @@ _EXPORTS: dict[str, str] = {
     "FilterPruningController": "algorithm.controller", "PrunedModuleInfo": "algorithm.controller",
     "create_pruning_controller": "algorithm.controller",
     "PruningStatistics": "algorithm.statistics",
-    "LegrParams": "config", "PruningConfig": "config", "PruningConfigError": "config", "PruningParams": "config",
+    "LegrParams": "config", "PruningArguments": "config", "PruningConfig": "config", "PruningConfigError": "config",
+    "PruningParams": "config",
     "AnalysisError": "errors", "HfPruneError": "errors", "NothingPrunableError": "errors",
     "PruningLevelError": "errors", "PruningStateError": "errors", "ScopeError": "errors",
     "ModelAnalysis": "graph.analysis", "analyze_model": "graph.analysis",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # names for type checkers and IDEs
     from .algorithm.controller import FilterPruningController, PrunedModuleInfo, create_pruning_controller
     from .algorithm.statistics import PruningStatistics
-    from .config import LegrParams, PruningConfig, PruningConfigError, PruningParams
+    from .config import LegrParams, PruningArguments, PruningConfig, PruningConfigError, PruningParams
     from .errors import (
         AnalysisError, HfPruneError, NothingPrunableError, PruningLevelError, PruningStateError, ScopeError,
     )

@@ -11,11 +11,13 @@ reports every invalid value at once as a :class:`PruningConfigError`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import yaml
@@ -29,13 +31,15 @@ from .errors import HfPruneError
 from .files import write_text_atomic
 from .text import did_you_mean
 
-__all__ = ["PruningConfig", "PruningParams", "LegrParams", "PruningConfigError"]
+__all__ = ["PruningArguments", "PruningConfig", "PruningParams", "LegrParams", "PruningConfigError"]
 
 ALGORITHM_NAME = "filter_pruning"
 DEFAULT_PRUNING_TARGET = 0.5
 """Filter pruning rate NNCF uses when neither target is set."""
 CONFIG_NAME = "pruning_config.json"
 """File name used by :meth:`PruningConfig.save_pretrained` / :meth:`PruningConfig.from_pretrained`."""
+FORMAT_VERSION = 1
+"""Version of the ``pruning_config.json`` layout :meth:`PruningConfig.save_pretrained` writes."""
 
 
 class PruningConfigError(HfPruneError, ValueError):
@@ -336,7 +340,8 @@ class PruningConfig(_Section):
     def from_file(cls, path: str | os.PathLike[str]) -> PruningConfig:
         """Read a ``.json``, ``.yaml`` or ``.yml`` file (through :meth:`from_dict`).
 
-        A file whose top level has a ``pruning`` section (a recipe) uses that section.
+        A file whose top level has a ``pruning`` section (a recipe) uses that section. A ``format_version``
+        (written by :meth:`save_pretrained`) this hf_prune does not know is refused, naming the file.
         """
         path = Path(path)
         file_format = _file_format(path)
@@ -347,6 +352,13 @@ class PruningConfig(_Section):
             data = json.loads(text) if file_format == "json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
             raise PruningConfigError([("", f"cannot parse file: {exc}")], source=path) from exc
+        if isinstance(data, Mapping) and "format_version" in data:  # written by save_pretrained
+            data = dict(data)
+            version = data.pop("format_version")
+            if version != FORMAT_VERSION:
+                raise PruningConfigError([("format_version", f"{version!r} is not supported (this hf_prune reads "
+                                           f"version {FORMAT_VERSION}); the file was written by a newer hf_prune: "
+                                           "upgrade hf_prune")], source=path)
         prefix = ""
         if isinstance(data, Mapping) and "pruning" in data:
             prefix, data = "pruning", {} if data["pruning"] is None else data["pruning"]
@@ -356,10 +368,22 @@ class PruningConfig(_Section):
             raise exc.with_prefix(prefix, source=path) from None
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str]) -> PruningConfig:
-        """Read ``pruning_config.json`` from a :meth:`save_pretrained` directory, or a config file."""
-        path = Path(path)
-        return cls.from_file(path if path.is_file() else path / CONFIG_NAME)
+    def from_pretrained(cls, path: str | os.PathLike[str], *, revision: str | None = None,
+                        subfolder: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                        token: str | bool | None = None) -> PruningConfig:
+        """Read ``pruning_config.json`` from a :meth:`save_pretrained` directory, a config file, or a Hub
+        repository (``"user/repo"``, at ``revision``, under ``subfolder``, cached in ``cache_dir``).
+
+        A file written by a newer hf_prune (unknown ``format_version``) is refused, naming the file.
+        """
+        local = Path(path).expanduser()
+        if subfolder:
+            local = local / subfolder
+        if local.is_file():
+            return cls.from_file(local)
+        if local.is_dir():
+            return cls.from_file(local / CONFIG_NAME)
+        return cls.from_file(_hub_file(os.fspath(path), subfolder, revision, cache_dir, token))
 
     def to_dict(self) -> dict[str, Any]:
         """The NNCF algorithm dict; unset optional params are omitted."""
@@ -378,11 +402,116 @@ class PruningConfig(_Section):
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         write_text_atomic(path, text)
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``pruning_config.json`` into ``directory`` (created if missing)."""
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``pruning_config.json`` (the algorithm dict and a ``format_version``) into ``directory``
+        (created if missing), atomically; returns the file."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.to_file(directory / CONFIG_NAME)
+        path = directory / CONFIG_NAME
+        write_text_atomic(path, self._to_json())
+        return path
+
+    def _to_json(self) -> str:
+        return json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, indent=2) + "\n"
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload pruning config", private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None, subfolder: str | None = None,
+                    create_pr: bool = False) -> str:
+        """Upload ``pruning_config.json`` to the Hub model repository ``repo_id`` (created if missing), as
+        :meth:`save_pretrained` writes it; returns the commit URL. :meth:`from_pretrained` reads it back."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        path_in_repo = f"{subfolder.strip('/')}/{CONFIG_NAME}" if subfolder else CONFIG_NAME
+        commit = api.upload_file(path_or_fileobj=self._to_json().encode("utf-8"), path_in_repo=path_in_repo,
+                                 repo_id=repo_id, commit_message=commit_message, revision=revision,
+                                 create_pr=create_pr)
+        return str(getattr(commit, "commit_url", commit))
+
+
+def _hub_file(repo_id: str, subfolder: str | None, revision: str | None, cache_dir: str | os.PathLike[str] | None,
+              token: str | bool | None) -> Path:
+    """``pruning_config.json`` of the Hub repository ``repo_id``, downloaded (or from the cache)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    try:
+        return Path(hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder, revision=revision,
+                                    cache_dir=cache_dir, token=token))
+    except HFValidationError:
+        raise FileNotFoundError(f"{repo_id}: neither a local directory or file nor a Hub repository id") from None
+    except LocalEntryNotFoundError as exc:  # offline, and not in the cache
+        reason = str(exc).strip().splitlines()[0]
+        raise FileNotFoundError(f"{where}: cannot download {CONFIG_NAME} from the Hub ({reason})") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{where}: no such Hub repository (or it is private: pass token=...)") from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"{where}: the Hub repository has no such revision") from None
+    except EntryNotFoundError:
+        missing = f"{subfolder.strip('/')}/{CONFIG_NAME}" if subfolder else CONFIG_NAME
+        raise FileNotFoundError(f"{where}: the Hub repository has no {missing}") from None
+
+
+def _argument_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type ``HfArgumentParser`` reads a config field as, whether a whole number given as text must be
+    converted back); None for nested sections, which are set through a config file."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    options = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) \
+        else [annotation]
+    if len(options) > 1:  # int | Literal["auto"]: read as text
+        return str, True
+    (kind,) = options
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return None, False
+    return kind, False
+
+
+def _argument_fields() -> list[tuple[str, Any, Any]]:
+    fields = []
+    sources = [(name, f) for name, f in PruningConfig.model_fields.items() if name not in ("algorithm", "params")]
+    sources += list(PruningParams.model_fields.items())
+    for name, info in sources:
+        kind, _ = _argument_type(info.annotation)
+        if kind is not None:
+            fields.append((name, kind | None, dataclasses.field(default=None, metadata={"help": info.description})))
+    return fields
+
+
+def _to_config(self: Any) -> PruningConfig:
+    """The :class:`PruningConfig` of these arguments: ``pruning_config`` (a file or a :meth:`PruningConfig.
+    from_pretrained` source) if given, with every argument given on the command line on top."""
+    given = {}
+    for f in dataclasses.fields(self):
+        value = getattr(self, f.name)
+        if value is None or f.name == "pruning_config":
+            continue
+        info = PruningConfig.model_fields.get(f.name) or PruningParams.model_fields[f.name]
+        if _argument_type(info.annotation)[1] and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        given[f.name] = value
+    if self.pruning_config is None:
+        return PruningConfig.from_dict(given)
+    base = PruningConfig.from_pretrained(self.pruning_config).to_dict()
+    params = {k: given.pop(k) for k in list(given) if k in PruningParams.model_fields}
+    return PruningConfig.from_dict({**base, **given, "params": {**base.get("params", {}), **params}})
+
+
+PruningArguments = dataclasses.make_dataclass(
+    "PruningArguments",
+    [("pruning_config", str | None, dataclasses.field(default=None, metadata={
+        "help": "A pruning config (JSON/YAML file, save_pretrained directory or Hub id); the other arguments "
+                "override it."}))] + _argument_fields(),
+    namespace={"to_config": _to_config, "__module__": __name__,
+               "__doc__": "The scalar :class:`PruningConfig` fields as a dataclass, for ``transformers.HfArgumentParser``"
+                          " (``--pruning_target 0.4``); unset (None) fields keep the config's value. Nested sections "
+                          "(``legr_params``, ``initializer``) come from ``--pruning_config FILE``. ``to_config()`` builds "
+                          "the :class:`PruningConfig`."},
+)
 
 
 def _select_algorithm(compression: Any) -> tuple[str, Any]:

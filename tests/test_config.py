@@ -280,7 +280,7 @@ def test_save_pretrained_from_pretrained(tmp_path: Path):
     out = tmp_path / "run" / "checkpoint"
     cfg.save_pretrained(out)
     assert sorted(p.name for p in out.iterdir()) == ["pruning_config.json"]
-    assert json.loads((out / "pruning_config.json").read_text()) == cfg.to_dict()
+    assert json.loads((out / "pruning_config.json").read_text()) == {"format_version": 1, **cfg.to_dict()}
     assert PruningConfig.from_pretrained(out) == cfg
     assert PruningConfig.from_pretrained(str(out)) == cfg
     assert PruningConfig.from_pretrained(out / "pruning_config.json") == cfg

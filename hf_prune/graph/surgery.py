@@ -12,7 +12,10 @@ import copy
 import torch
 from torch import nn
 
-from .adapters import WIDTH_LAYERS, int_attributes, refresh_attributes, resize_attributes
+from .adapters import (
+    WIDTH_LAYERS, feature_channels, feature_info_list, int_attributes, probe_widths, refresh_attributes,
+    refresh_model_widths, resize_attributes,
+)
 from .spaces import SpaceTable
 from .trace import ModelTrace
 
@@ -36,8 +39,9 @@ def kept_indices(table: SpaceTable, labels, leaf_masks: dict[int, torch.Tensor])
 
 @torch.no_grad()
 def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor]) -> nn.Module:
-    """Remove pruned channels from ``model`` in place and return it."""
+    """Remove pruned channels from ``model`` in place and return it (model-level widths included)."""
     T = trace.table
+    dense_widths = probe_widths(model)
     modules = dict(model.named_modules())
     for name, labels in trace.param_labels.items():
         module_name, _, attr = name.rpartition(".")
@@ -63,6 +67,7 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
         refresh_attributes(module, groups.get(name))
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         resize_attributes(modules[name], sizes, unchanged)
+    refresh_model_widths(model, dense_widths)
     return model
 
 
@@ -132,7 +137,8 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
 
     Lists the shape of every parameter/buffer that differs from ``reference`` (the dense model; all
     of them when None), the ``groups`` of every grouped convolution and, given ``reference``, every
-    integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned).
+    integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned,
+    a timm model's ``num_features``) and the ``feature_info`` channels of each timm model that differ from it.
     """
     ref = dict(reference.state_dict()) if reference is not None else {}
     shapes = {
@@ -144,6 +150,11 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     spec = {"shapes": shapes, "conv_groups": groups}
     if reference is not None:
         spec["attributes"] = _changed_attributes(model, reference)
+        dense_channels = feature_channels(reference)
+        changed = {path: channels for path, channels in feature_channels(model).items()
+                   if dense_channels.get(path, channels) != channels}
+        if changed:
+            spec["feature_channels"] = changed
     return spec
 
 
@@ -189,4 +200,11 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
         if module is None or attr not in int_attributes(module):
             raise KeyError(f"{key}: recorded in the shape spec but not an integer attribute of {type(model).__name__}")
         setattr(module, attr, value)
+    for path, channels in spec.get("feature_channels", {}).items():
+        entries = feature_info_list(modules[path]) if path in modules else []
+        if len(entries) != len(channels):
+            raise KeyError(f"{path or type(model).__name__}.feature_info: {len(channels)} entries recorded in the "
+                           f"shape spec, the model has {len(entries)}")
+        for entry, n in zip(entries, channels):
+            entry["num_chs"] = n
     return model
