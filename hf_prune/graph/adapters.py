@@ -17,6 +17,7 @@ from typing import Collection, Mapping
 
 import torch
 from torch import nn
+
 from ..model_kind import library_of
 
 WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
