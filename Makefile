@@ -17,10 +17,10 @@ CLEAN_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u UV
 EXTRAS_DEFAULT := dev,data,onnx
 EXTRAS_OPTIMUM := dev,data,optimum
 PYTEST  := -m pytest -q -n 2 -p no:cacheprovider
-# `uv pip install` into VENV with EXTRAS, then mark it installed.
+# `uv pip install` into VENV with EXTRAS (upgrading a venv left by an older set-up), then mark it installed.
 define make_venv
 	$(CLEAN_ENV) $(UV) venv -q --allow-existing --python $(PYTHON) $(1)
-	$(CLEAN_ENV) VIRTUAL_ENV=$(1) $(UV) pip install -q --constraint .ci/constraints.txt -e '.[$(2)]'
+	$(CLEAN_ENV) VIRTUAL_ENV=$(1) $(UV) pip install -q --upgrade --constraint .ci/constraints.txt -e '.[$(2)]'
 	touch $(1)/.installed
 endef
 
