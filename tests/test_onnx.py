@@ -80,3 +80,24 @@ def test_convnet_export_takes_other_image_sizes(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 48, 40)  # neither the export's size nor its batch
     with torch.no_grad():
         np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_dinov2_with_pruned_heads_exports(tmp_path: Path) -> None:
+    """Optimum's DINOv2 dummy inputs read an image processor from the config's directory: a model built
+    from a config (no processor anywhere) failed with an IndexError."""
+    import hf_prune
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    model = Dinov2ForImageClassification(Dinov2Config(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=3)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5, "channel_multiple": 1}},
+                                              example_inputs={"pixel_values": x})
+    ctrl.set_pruning_level(0.5)
+    small = ctrl.strip_model(model, do_copy=True)
+    queries = [p for n, p in small.dinov2.encoder.layer[0].named_parameters() if n.endswith(("query.weight", "q_proj.weight"))]
+    assert [q.shape[0] for q in queries] == [16]  # 2 of 4 heads of width 8 kept
+    path = export_onnx(small, tmp_path)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)

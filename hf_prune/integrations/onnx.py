@@ -17,8 +17,10 @@ Optimum, onnxscript and ONNX Runtime are imported on first export: they take sec
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -45,10 +47,10 @@ class OnnxExportError(HfPruneError, RuntimeError):
 
 def _exportable(model: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` in eval mode, its timm ``pretrained_cfg`` sized to its current input."""
-    copy = shallow_copy(model).eval()
-    if model_library(copy) == "timm":
-        copy.pretrained_cfg = {**copy.pretrained_cfg, "input_size": input_size(model)}
-    return copy
+    exportable = shallow_copy(model).eval()
+    if model_library(exportable) == "timm":
+        exportable.pretrained_cfg = {**exportable.pretrained_cfg, "input_size": input_size(model)}
+    return exportable
 
 
 def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: str | os.PathLike[str], *,
@@ -88,13 +90,35 @@ def exporter() -> str:
 def _export_optimum(model: nn.Module, output: Path, task: str, opset: int | None) -> None:
     from optimum.exporters.onnx import onnx_export_from_model
 
-    with warnings.catch_warnings():
+    exportable = _exportable(model)
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as preprocessor_dir:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # Optimum uses torch's TorchScript-based exporter
+        _give_image_processor(exportable, preprocessor_dir)
         try:
-            onnx_export_from_model(_exportable(model), output=output, task=task, opset=opset, do_validation=False)
-        except (ValueError, RuntimeError, KeyError) as exc:
+            onnx_export_from_model(exportable, output=output, task=task, opset=opset, do_validation=False)
+        except (ValueError, RuntimeError, KeyError, IndexError) as exc:
             raise OnnxExportError(f"Optimum could not export {type(model).__name__} to {output}: {exc}") from exc
+
+
+def _give_image_processor(model: nn.Module, directory: str) -> None:
+    """Some of Optimum's dummy-input generators (DINOv2's) read an image processor from the directory the
+    config was loaded from and fail when there is none (a model built from a config, or saved without its
+    processor): point the copy's config at ``directory`` holding one sized to the model's input."""
+    config = getattr(model, "config", None)
+    if model_library(model) != "transformers" or config is None:
+        return
+    from optimum.utils.save_utils import maybe_load_preprocessors
+
+    if config._name_or_path and maybe_load_preprocessors(config._name_or_path):
+        return
+    from transformers import BitImageProcessor
+
+    _, height, width = input_size(model)
+    BitImageProcessor(size={"height": height, "width": width}, crop_size={"height": height, "width": width},
+                      do_center_crop=True).save_pretrained(directory)
+    model.config = copy.deepcopy(config)
+    model.config._name_or_path = directory
 
 
 class _Logits(nn.Module):
