@@ -16,11 +16,26 @@ from scripts.common import same_tensors
 from scripts.crash_harness import kill_and_resume, run_child, same_result
 
 
+def _reference(run, tmp_path_factory) -> dict:
+    """What an uninterrupted run of ``run`` ends with."""
+    out = tmp_path_factory.mktemp("reference")
+    assert run_child(run, out) == 0
+    return torch.load(out / "result.pt", weights_only=True)
+
+
+def _random_kills(run, tmp_path: Path, reference: dict, seed: int, kills: int = 3) -> None:
+    """Kill ``run`` at ``kills`` random moments of its uninterrupted duration; each restart must end as the
+    reference did."""
+    rng = random.Random(seed)
+    for i in range(kills):
+        delay = rng.uniform(0, reference["seconds"])
+        _, result = kill_and_resume(run, tmp_path / str(i), f"random:{delay:.3f}")
+        assert same_result(result, reference), f"kill after {delay:.3f} s"
+
+
 @pytest.fixture(scope="module")
 def trainer_reference(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("reference")
-    assert run_child(crash_children.trainer_run, out) == 0
-    return torch.load(out / "result.pt", weights_only=True)
+    return _reference(crash_children.trainer_run, tmp_path_factory)
 
 
 @pytest.mark.parametrize("kill, resumed_at", [
@@ -38,18 +53,12 @@ def test_trainer_killed_inside_a_save_resumes_bit_identically(tmp_path, trainer_
 
 
 def test_trainer_killed_at_random_moments_resumes_bit_identically(tmp_path, trainer_reference):
-    rng = random.Random(0)
-    for i in range(3):
-        delay = rng.uniform(0, trainer_reference["seconds"])
-        _, result = kill_and_resume(crash_children.trainer_run, tmp_path / str(i), f"random:{delay:.3f}")
-        assert same_result(result, trainer_reference), f"kill after {delay:.3f} s"
+    _random_kills(crash_children.trainer_run, tmp_path, trainer_reference, seed=0)
 
 
 @pytest.fixture(scope="module")
 def accelerate_reference(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("reference")
-    assert run_child(crash_children.accelerate_run, out) == 0
-    return torch.load(out / "result.pt", weights_only=True)
+    return _reference(crash_children.accelerate_run, tmp_path_factory)
 
 
 @pytest.mark.parametrize("kill, resumed_at", [
@@ -67,18 +76,12 @@ def test_accelerate_killed_inside_a_save_resumes_bit_identically(tmp_path, accel
 
 @pytest.mark.slow  # bench/crash_resume.py runs 10 per path
 def test_accelerate_killed_at_random_moments_resumes_bit_identically(tmp_path, accelerate_reference):
-    rng = random.Random(1)
-    for i in range(3):
-        delay = rng.uniform(0, accelerate_reference["seconds"])
-        _, result = kill_and_resume(crash_children.accelerate_run, tmp_path / str(i), f"random:{delay:.3f}")
-        assert same_result(result, accelerate_reference), f"kill after {delay:.3f} s"
+    _random_kills(crash_children.accelerate_run, tmp_path, accelerate_reference, seed=1)
 
 
 @pytest.fixture(scope="module")
 def cli_reference(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("reference")
-    assert run_child(crash_children.cli_run, out) == 0
-    return torch.load(out / "result.pt", weights_only=True)
+    return _reference(crash_children.cli_run, tmp_path_factory)
 
 
 def _check_products_of_a_killed_run(run: Path) -> None:
