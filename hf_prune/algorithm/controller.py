@@ -414,7 +414,8 @@ class FilterPruningController:
 
     @property
     def levels_nonzero(self) -> bool:
-        return any(not bool(m.all()) for m in self._masks.values())
+        """Whether any channel is masked; recorded when the masks change, not scanned per training step."""
+        return self._levels_nonzero
 
     @property
     def current_flops(self) -> float:
@@ -510,6 +511,7 @@ class FilterPruningController:
         stay installed from creation to strip and are updated in place (see :class:`.masks._MaskHook`)."""
         self.mask_version += 1
         leaf = self.leaf_masks()
+        self._levels_nonzero = bool(leaf)
         T, trace = self.analysis.trace.table, self.analysis.trace
         consumer_dims: dict[str, set[int]] = {}
         for group in self._groups.values():
