@@ -15,6 +15,7 @@ run starts and written last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -121,7 +122,7 @@ def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Pa
     """Train ``model`` dense for ``dense_epochs``; its weights and metrics are kept in ``dense/warmup`` and
     reused instead of training again when the run is started again."""
     from safetensors.torch import load_model, save_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from ..integrations.trainer import trainer_model
 
@@ -129,9 +130,9 @@ def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Pa
     if done is not None:
         load_model(model, done / "model.safetensors")
         return json.loads((done / "metrics.json").read_text())
-    args = dict(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
-                save_strategy="no", load_best_model_at_end=False)
-    trainer = Trainer(model=trainer_model(model), args=TrainingArguments(**args), train_dataset=data.train,
+    args = dataclasses.replace(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
+                               save_strategy="no", load_best_model_at_end=False)
+    trainer = Trainer(model=trainer_model(model), args=args, train_dataset=data.train,
                       eval_dataset=data.eval, compute_metrics=accuracy)
     trainer.train()
     metrics = _metrics(trainer.evaluate()) if data.eval is not None else {}
@@ -158,9 +159,9 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
 
     start = time.perf_counter()
     recipe = load_recipe(path, overrides)
-    out = Path(recipe.training.get("output_dir", "outputs")).expanduser()
+    out = Path(recipe.training.output_dir).expanduser()
     _check_writable(out)
-    args = recipe.training_arguments()
+    args = dataclasses.replace(recipe.training, output_dir=str(out / "checkpoints"))
     if args.process_index == 0:
         (out / "report.json").unlink(missing_ok=True)  # the run is not finished (again) until written last
         for leftover in [*out.glob(".*.tmp"), *out.glob("dense/.*.tmp")]:  # written aside by a killed run
@@ -173,8 +174,7 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
 
     if recipe.dense_epochs > 0:
         report.dense_metrics = _dense_warmup(recipe, model, data, out)
-    args.output_dir = str(out / "checkpoints")
-    trainer = PruningTrainer(model=model, args=args, pruning_config=recipe.pruning_config(),
+    trainer = PruningTrainer(model=model, args=args, pruning_config=recipe.pruning,
                              train_dataset=data.train, eval_dataset=data.eval, compute_metrics=accuracy,
                              example_inputs=example_inputs)
     if recipe.dense_epochs == 0 and data.eval is not None:
