@@ -578,8 +578,9 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         if not allow_nothing_prunable:
             raise NothingPrunableError(
                 f"{message}. Pass allow_nothing_prunable=True to create_pruning_controller to continue with a "
-                "model that stays dense; a backend op reported as having no channel rule can be mapped to its "
-                "canonical op with hf_prune.register_op_variant")
+                "model that stays dense; an op reported as having no channel rule can be given one with "
+                "hf_prune.register_channel_rule, or, if it is a backend variant of an ATen op, be mapped to that op "
+                "with hf_prune.register_op_variant")
         warnings.warn(f"{message}; the controller will leave it unchanged", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader
