@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, get_type_hints
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -32,10 +31,9 @@ from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..text import did_you_mean
 
-
 DEFAULT_OUTPUT_DIR = "outputs"
 """``training.output_dir`` when a recipe does not set it."""
-_SECRETS = ("hub_token", "push_to_hub_token")
+_SECRETS = ("hub_token", "push_to_hub_token")  # never written back by Recipe.to_dict
 
 
 class RecipeError(HfPruneError, ValueError):
@@ -123,7 +121,7 @@ def _fields_model(cls: type) -> type[BaseModel]:
     """A pydantic model of the dataclass ``cls``'s init fields and their annotated types: unknown keys and values
     of the wrong type are errors (``HfArgumentParser.parse_dict`` checks neither: a YAML ``1e-4``, which is a
     string, would reach the optimizer)."""
-    hints = typing.get_type_hints(cls)
+    hints = get_type_hints(cls)
     return create_model(cls.__name__, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
                         **{f.name: (hints[f.name], None) for f in dataclasses.fields(cls) if f.init})
 
