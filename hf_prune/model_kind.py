@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -16,7 +17,8 @@ from torch import nn
 
 from .errors import AnalysisError
 
-__all__ = ["DEFAULT_INPUT_SIZE", "example_inputs", "input_size", "library_of", "random_images", "takes_pixel_values"]
+__all__ = ["DEFAULT_INPUT_SIZE", "example_inputs", "images_of", "input_size", "library_of", "random_images",
+           "takes_pixel_values"]
 
 Library = Literal["transformers", "timm"]
 DEFAULT_INPUT_SIZE = (3, 224, 224)
@@ -61,17 +63,25 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
                         "model): pass example_inputs, e.g. torch.randn(1, 3, 224, 224)")
 
 
-def random_images(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None,
+def random_images(model: nn.Module, batch: int = 1, size: int | tuple[int, ...] | None = None,
                   generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
-    """A batch of random images of ``size`` (C, H, W; default :func:`input_size`). ``generator`` seeds the
-    values; ``like``: a tensor whose device and dtype they take."""
+    """A batch of random images of ``size``: (C, H, W), an int for square images with the model's channels,
+    or None for :func:`input_size`. ``generator`` seeds the values; ``like``: a tensor whose device and dtype
+    they take."""
+    if isinstance(size, int):
+        size = (input_size(model)[0], size, size)
     x = torch.randn(batch, *(size or input_size(model)), generator=generator)
     return x if like is None else x.to(like.device, like.dtype)
 
 
-def example_inputs(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None,
+def example_inputs(model: nn.Module, batch: int = 1, size: int | tuple[int, ...] | None = None,
                    generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> Any:
     """:func:`random_images` as ``model`` takes them: ``{"pixel_values": x}`` for models that take
     ``pixel_values`` (:func:`takes_pixel_values`), ``x`` otherwise."""
     x = random_images(model, batch, size, generator, like)
     return {"pixel_values": x} if takes_pixel_values(model) else x
+
+
+def images_of(inputs: Any) -> torch.Tensor:
+    """The image tensor of example inputs or a batch: ``inputs["pixel_values"]`` or ``inputs`` itself."""
+    return inputs["pixel_values"] if isinstance(inputs, Mapping) else inputs

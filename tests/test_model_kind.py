@@ -10,7 +10,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 import pytest
 
 from hf_prune.errors import AnalysisError
-from hf_prune.model_kind import example_inputs, input_size, library_of
+from hf_prune.model_kind import example_inputs, images_of, input_size, library_of
 
 
 def test_library_and_inputs() -> None:
@@ -22,6 +22,10 @@ def test_library_and_inputs() -> None:
     assert input_size(tm) == tuple(tm.pretrained_cfg["input_size"])
     inputs = example_inputs(hf, batch=2, size=(3, 32, 32))
     assert list(inputs) == ["pixel_values"] and inputs["pixel_values"].shape == (2, 3, 32, 32)
+    assert images_of(inputs) is inputs["pixel_values"]
+    gray = ResNetForImageClassification(ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8], depths=[1]))
+    assert images_of(example_inputs(gray, size=16)).shape == (1, 1, 16, 16)  # an int: square, the model's channels
+    assert example_inputs(tm, size=20).shape == (1, 3, 20, 20) and images_of(example_inputs(tm)) is not None
     seeded = [example_inputs(tm, generator=torch.Generator().manual_seed(0), like=torch.empty(0, dtype=torch.float64))
               for _ in range(2)]
     assert torch.equal(*seeded) and seeded[0].dtype == torch.float64

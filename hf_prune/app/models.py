@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import HfPruneError
 from ..integrations.serialization import from_pretrained, saved_record
-from ..model_kind import example_inputs, input_size
+from ..model_kind import example_inputs
 from ..text import did_you_mean
 
 __all__ = ["ModelLoadError", "load_model"]
@@ -112,7 +112,7 @@ def _pruned_model(path: Path, num_classes: int | None, image_size: int | None) -
     else:
         raise ModelLoadError(f"{path}: holds a pruned timm model; replacing its classifier head is not supported "
                              "(a pruned transformers model's is)")
-    return model, _inputs(model, image_size)
+    return model, example_inputs(model, size=image_size)
 
 
 def _hub_model(model_id: str, spec: str, num_classes: int | None, pretrained: bool,
@@ -141,7 +141,7 @@ def _create_timm(name: str, fixed_input_size: bool, num_classes: int | None, pre
     except OSError as exc:  # weights not downloadable (offline, unknown tag) or unreadable
         reason = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"cannot load pretrained weights of timm model {name!r}: {reason}") from exc
-    return model, _inputs(model, image_size)
+    return model, example_inputs(model, size=image_size)
 
 
 def _transformers_model(source: str, spec: str, num_classes: int | None, weights: bool,
@@ -170,13 +170,7 @@ def _transformers_model(source: str, spec: str, num_classes: int | None, weights
     except ValueError as exc:
         raise ModelLoadError(f"model {spec!r} ({type(config).__name__}) is not a transformers "
                              f"image-classification model: {exc}") from exc
-    return model.eval(), _inputs(model, image_size)
-
-
-def _inputs(model: nn.Module, image_size: int | None) -> Any:
-    """Example inputs of ``model``: its own input size, or square ``image_size`` images."""
-    channels = input_size(model)[0]
-    return example_inputs(model, size=(channels, image_size, image_size) if image_size else None)
+    return model.eval(), example_inputs(model, size=image_size)
 
 
 def _suggestions(name: str) -> str:

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import HfPruneError
 from ..integrations.checkpoints import publish_directory, published
-from ..model_kind import example_inputs, input_size
+from ..model_kind import example_inputs, images_of
 from .data import TrainEvalData, load_image_data
 from .preprocessing import transforms_for
 from .models import load_model
@@ -79,12 +79,11 @@ def _build_model(recipe: Recipe) -> nn.Module:
 
 def _seeded_inputs(model: nn.Module, image_size: int | None) -> Any:
     """Example inputs with the same values on every process of a distributed run."""
-    size = (input_size(model)[0], image_size, image_size) if image_size else None
-    return example_inputs(model, size=size, generator=torch.Generator().manual_seed(0))
+    return example_inputs(model, size=image_size, generator=torch.Generator().manual_seed(0))
 
 
 def _load_data(recipe: Recipe, model: nn.Module, example_inputs: Any) -> TrainEvalData:
-    x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
+    x = images_of(example_inputs)
     d = recipe.data
     transforms = transforms_for(model, d.image_size or int(x.shape[-1]), d.mean, d.std, d.augment)
     return load_image_data(d.source, transforms, name=d.name, path=d.path, train_split=d.train_split,
@@ -226,7 +225,7 @@ def _onnx_speed(recipe: Recipe, example_inputs: Any, pruned_onnx: Path, out: Pat
     dense = _build_model(recipe)
     publish_directory(out / "onnx_dense", lambda tmp: export_onnx(dense, tmp))
     dense_onnx = out / "onnx_dense" / ONNX_NAME
-    x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
+    x = images_of(example_inputs)
     shape = (8, *x.shape[1:])
     dense_ms, pruned_ms = ort_latency(dense_onnx, shape), ort_latency(pruned_onnx, shape)
     return {"batch": 8, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms}
