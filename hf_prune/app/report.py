@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithm.statistics import PruningStatistics
-from ..files import write_text_atomic
+from ..files import write_atomic, write_text_atomic
 from ..text import markdown_table
 
 
@@ -96,7 +96,7 @@ def _plots(r: RunReport, out: Path) -> dict[str, str]:
         ax.set_title("Pruning level over training")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "pruning_level.png", dpi=100)
+        write_atomic(out / "pruning_level.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         plt.close(fig)
         made["Pruning level over training"] = "pruning_level.png"
     if r.statistics is not None and r.statistics.layers:
@@ -110,7 +110,7 @@ def _plots(r: RunReport, out: Path) -> dict[str, str]:
         ax.set_title("Per-layer widths")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "layer_widths.png", dpi=100)
+        write_atomic(out / "layer_widths.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         plt.close(fig)
         made["Per-layer widths before and after"] = "layer_widths.png"
     return made
