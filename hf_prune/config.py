@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from .errors import HfPruneError
+from .errors import HfPruneError, MissingFileError
 from .files import write_text_atomic
 from .text import did_you_mean
 
@@ -346,7 +346,7 @@ class PruningConfig(_Section):
         path = Path(path)
         file_format = _file_format(path)
         if not path.is_file():
-            raise FileNotFoundError(f"pruning config file not found: {path}")
+            raise MissingFileError(f"pruning config file not found: {path}")
         try:
             text = path.read_text(encoding="utf-8")
             data = json.loads(text) if file_format == "json" else yaml.safe_load(text)
@@ -443,17 +443,17 @@ def _hub_file(repo_id: str, subfolder: str | None, revision: str | None, cache_d
         return Path(hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder, revision=revision,
                                     cache_dir=cache_dir, token=token))
     except HFValidationError:
-        raise FileNotFoundError(f"{repo_id}: neither a local directory or file nor a Hub repository id") from None
+        raise MissingFileError(f"{repo_id}: neither a local directory or file nor a Hub repository id") from None
     except LocalEntryNotFoundError as exc:  # offline, and not in the cache
         reason = str(exc).strip().splitlines()[0]
-        raise FileNotFoundError(f"{where}: cannot download {CONFIG_NAME} from the Hub ({reason})") from None
+        raise MissingFileError(f"{where}: cannot download {CONFIG_NAME} from the Hub ({reason})") from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{where}: no such Hub repository (or it is private: pass token=...)") from None
+        raise MissingFileError(f"{where}: no such Hub repository (or it is private: pass token=...)") from None
     except RevisionNotFoundError:
-        raise FileNotFoundError(f"{where}: the Hub repository has no such revision") from None
+        raise MissingFileError(f"{where}: the Hub repository has no such revision") from None
     except EntryNotFoundError:
         missing = f"{subfolder.strip('/')}/{CONFIG_NAME}" if subfolder else CONFIG_NAME
-        raise FileNotFoundError(f"{where}: the Hub repository has no {missing}") from None
+        raise MissingFileError(f"{where}: the Hub repository has no {missing}") from None
 
 
 def _argument_type(annotation: Any) -> tuple[Any, bool]:

@@ -35,7 +35,7 @@ from ..model_kind import example_inputs, images_of
 from .data import TrainEvalData, load_image_data
 from .preprocessing import transforms_for
 from .models import load_model
-from .recipes import Recipe, load_recipe
+from .recipes import Recipe, RecipeError, load_recipe
 from .report import RunReport, write_report
 
 
@@ -67,7 +67,7 @@ def _build_model(recipe: Recipe) -> nn.Module:
         config_dict = dict(spec.config)
         model_type = config_dict.pop("model_type", None)
         if model_type is None:
-            raise HfPruneError("model.config needs a 'model_type' (e.g. resnet, vit, convnext)")
+            raise RecipeError("model.config needs a 'model_type' (e.g. resnet, vit, convnext)")
         config = AutoConfig.for_model(model_type, **config_dict)
         if spec.num_classes is not None:
             config.num_labels = spec.num_classes
