@@ -49,16 +49,18 @@ def takes_pixel_values(model: nn.Module) -> bool:
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:
     """(channels, height, width) ``model`` takes: timm's current input config, or a transformers config's
-    ``image_size`` (224 for convnets whose config has none). :class:`AnalysisError` for other modules."""
+    ``image_size`` (its ``vision_config``'s for CLIP / SigLIP; 224 for convnets whose config has none).
+    :class:`AnalysisError` for other modules."""
     library = library_of(model)
     if library == "timm":
         from timm.models._input import get_model_input_config
 
         return tuple(get_model_input_config(model)["input_size"])
     if library == "transformers":
-        size = getattr(model.config, "image_size", None) or DEFAULT_INPUT_SIZE[1]
+        config = getattr(model.config, "vision_config", None) or model.config  # CLIP, SigLIP: a vision tower's
+        size = getattr(config, "image_size", None) or DEFAULT_INPUT_SIZE[1]
         height, width = size if isinstance(size, (list, tuple)) else (size, size)
-        return getattr(model.config, "num_channels", DEFAULT_INPUT_SIZE[0]), height, width
+        return getattr(config, "num_channels", DEFAULT_INPUT_SIZE[0]), height, width
     raise AnalysisError(f"cannot infer the input size of {type(model).__name__} (neither a transformers nor a timm "
                         "model): pass example_inputs, e.g. torch.randn(1, 3, 224, 224)")
 

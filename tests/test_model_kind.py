@@ -53,3 +53,15 @@ def test_a_custom_module_taking_pixel_values_is_called_by_keyword():
     assert set(example_inputs(model, size=(3, 8, 8))) == {"pixel_values"}
     plain = nn.Sequential(nn.Conv2d(3, 4, 3))
     assert not takes_pixel_values(plain) and isinstance(trainer_model(plain), ImageClassifierAdapter)
+
+
+@pytest.mark.parametrize("name", ["hf_clip", "hf_siglip"])
+def test_input_size_of_a_model_with_a_vision_config(name: str) -> None:
+    """CLIP / SigLIP classifiers keep image_size and num_channels in their vision config."""
+    from models import HF_MODELS
+
+    model = HF_MODELS[name]().eval()
+    vision = model.config.vision_config
+    assert input_size(model) == (vision.num_channels, vision.image_size, vision.image_size)
+    with torch.no_grad():
+        assert model(**example_inputs(model, batch=2)).logits.shape[0] == 2
