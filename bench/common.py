@@ -15,9 +15,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-if str(ROOT) not in sys.path:  # scripts run as `python bench/<script>.py` from the repo root
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests"):  # scripts run as `python bench/<script>.py` from the repo root
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+from conftest import randomize_norms  # noqa: E402,F401  (the tests' own: random norms and layer scales)
 from hf_prune.files import write_text_atomic  # noqa: E402  (after the path set-up above)
 from hf_prune.text import markdown_table  # noqa: E402
 
@@ -63,11 +65,6 @@ def minima(samples: Mapping[str, list[float]], suffix: str = "_min") -> dict[str
     return {name + suffix: min(values) for name, values in samples.items()}
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median seconds of one call of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
-    return statistics.median(alternate([timed("t", fn)], repeats, warmup)["t"])
-
-
 def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
     """A randomly initialised timm model (no download), with torch set to ``threads`` threads."""
     import timm
@@ -76,27 +73,6 @@ def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     return timm.create_model(name, pretrained=False)
-
-
-def randomize_norms(model: Any, seed: int = 0) -> Any:
-    """Random affine parameters and running statistics for every norm layer (same seed, same values).
-
-    timm zero-initialises the last BatchNorm gamma of residual branches: on random weights whole
-    branches would vanish (and an exporter would fold them away).
-    """
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-                for name, low, span in (("weight", 0.5, 1.0), ("bias", -0.5, 1.0), ("running_mean", -0.2, 0.4),
-                                        ("running_var", 0.5, 1.0)):
-                    t = getattr(module, name, None)
-                    if t is not None:
-                        t.copy_(torch.rand(t.shape, generator=g) * span + low)
-    return model
 
 
 def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
