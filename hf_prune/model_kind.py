@@ -18,7 +18,7 @@ from torch import nn
 from .errors import AnalysisError
 
 __all__ = ["DEFAULT_INPUT_SIZE", "example_inputs", "images_of", "input_size", "library_of", "random_images",
-           "takes_pixel_values"]
+           "saved_library", "takes_pixel_values"]
 
 Library = Literal["transformers", "timm"]
 DEFAULT_INPUT_SIZE = (3, 224, 224)
@@ -34,6 +34,15 @@ def library_of(model: nn.Module) -> Library | None:
     if isinstance(cfg, dict) and "architecture" in cfg:
         return "timm"
     return None
+
+
+def saved_library(config: Mapping[str, Any]) -> Library | None:
+    """The library a saved ``config.json`` is read by: ``"transformers"`` where it has a ``model_type``
+    (transformers' ``TimmWrapperConfig`` included), ``"timm"`` for timm's Hub config (an ``architecture``
+    and no ``model_type``), None otherwise."""
+    if "model_type" in config:
+        return "transformers"
+    return "timm" if "architecture" in config else None
 
 
 def takes_pixel_values(model: nn.Module) -> bool:

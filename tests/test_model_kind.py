@@ -65,3 +65,19 @@ def test_input_size_of_a_model_with_a_vision_config(name: str) -> None:
     assert input_size(model) == (vision.num_channels, vision.image_size, vision.image_size)
     with torch.no_grad():
         assert model(**example_inputs(model, batch=2)).logits.shape[0] == 2
+
+
+def test_saved_library_reads_real_saved_configs(tmp_path) -> None:
+    import json
+
+    from timm.models import save_for_hf
+    from transformers import TimmWrapperConfig
+
+    from hf_prune.model_kind import saved_library
+
+    save_for_hf(timm.create_model("test_resnet", num_classes=3), str(tmp_path))
+    timm_config = json.loads((tmp_path / "config.json").read_text())
+    wrapper = TimmWrapperConfig.from_dict(timm_config).to_dict()  # transformers' TimmWrapper: also 'architecture'
+    assert "architecture" in timm_config and "architecture" in wrapper
+    assert saved_library(timm_config) == "timm" and saved_library(wrapper) == "transformers"
+    assert saved_library(ResNetConfig().to_dict()) == "transformers" and saved_library({"hidden": 8}) is None
