@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from common import Column, Timer, alternate, medians, randomize_norms, write_results
+from common import Column, alternate, medians, randomize_norms, timed, write_results
 
 import torch
 import torch.nn.functional as F
@@ -72,23 +72,6 @@ def parse_args() -> argparse.Namespace:
     args.dtype = torch.bfloat16 if args.device.type == "cuda" else torch.float32
     args.load_average_start = [round(x, 2) for x in os.getloadavg()]
     return args
-
-
-def device_timer(name: str, fn: Callable[[], Any], device: torch.device) -> Timer:
-    """Seconds of one call of ``fn``: CUDA events around it on GPUs, the wall clock on CPU."""
-    def run() -> dict[str, float]:
-        if device.type != "cuda":
-            start = time.perf_counter()
-            fn()
-            return {name: time.perf_counter() - start}
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return {name: start.elapsed_time(end) / 1e3}
-    return run
 
 
 def dense_model(name: str, image_size: int) -> nn.Module:
@@ -138,8 +121,8 @@ def train_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
             optimizer.step()
         return step
 
-    samples = alternate([device_timer("dense_ms", step_of(dense), args.device),
-                         device_timer("pruned_ms", step_of(model), args.device)], args.iterations, warmup=3)
+    samples = alternate([timed("dense_ms", step_of(dense), args.device),
+                         timed("pruned_ms", step_of(model), args.device)], args.iterations, warmup=3)
     samples = {k: [v * 1e3 for v in vs] for k, vs in samples.items()}
     times = medians(samples)
     ratio = median_ratio(samples, "pruned_ms", "dense_ms")
@@ -189,8 +172,8 @@ def infer_row(name: str, run: str, params: dict[str, Any], base: nn.Module, dens
     pruned = on_device(ctrl.strip_model(model, do_copy=True), args, args.dtype).eval()
     setup = time.perf_counter() - start
     with torch.inference_mode():
-        samples = alternate([device_timer("dense_ms", lambda: dense(x), args.device),
-                             device_timer("pruned_ms", lambda: pruned(x), args.device)], args.iterations, warmup=3)
+        samples = alternate([timed("dense_ms", lambda: dense(x), args.device),
+                             timed("pruned_ms", lambda: pruned(x), args.device)], args.iterations, warmup=3)
     samples = {k: [v * 1e3 for v in vs] for k, vs in samples.items()}
     times = medians(samples)
     ratio = median_ratio(samples, "pruned_ms", "dense_ms")
