@@ -11,7 +11,10 @@ import torch
 
 import hf_prune
 from hf_prune.algorithm.latency import DeployTarget, LatencyError, LatencyModel, _calibrate, auto_channel_multiple
-from hf_prune.algorithm.planning import kept_count, kept_fractions, minimal_plan
+from hf_prune.algorithm.planning import (
+    MAX_GLOBAL_GROUP_LEVEL, comparable_importance, kept_count, kept_fractions, minimal_plan, plan_for_cost,
+    plan_for_level,
+)
 from hf_prune.app.report import RunReport, _markdown
 from conftest import randomize_norms
 
@@ -93,6 +96,32 @@ def test_table_reaches_the_most_pruned_plan(tmp_path):
         narrowed += min(fo, fi) < 0.25
         assert layer.table.lookup(out_width, in_width) == pytest.approx(out_width * in_width * 1e-3), layer.module
     assert narrowed  # multiple 8 lets a 64-channel group keep 8
+
+
+def test_latency_plan_with_all_weights_prunes_where_the_table_says_it_pays(tmp_path):
+    """A latency target with all_weights picks channels by the time they save (HALP-style): at the same
+    predicted latency it loses less importance than one level in every group (the default)."""
+    path = tmp_path / "table.json"
+    _latency_ctrl(path)
+    _flops_like_table(path)  # wide layers save far more time per channel than narrow ones
+    ctrl = _latency_ctrl(path, target=0.7, all_weights=True)
+    groups, latency, scores = ctrl.groups, ctrl.latency, ctrl._importance()
+    chosen = ctrl._plan(0.3, scores)
+    uniform = plan_for_cost(groups, 0.3, latency, lambda lv: plan_for_level(groups, lv, scores), "key")
+    normalized = comparable_importance(scores)
+
+    def predicted(plan):
+        return latency.cost(kept_fractions(groups, plan)) / latency.dense
+
+    def lost(plan):  # importance of the channels a plan removes (the least important of each group)
+        return sum(float(normalized[gid].sort().values[: g.size - plan[gid]].sum()) for gid, g in groups.items())
+
+    assert 0.68 <= predicted(chosen) <= 0.7 and predicted(uniform) <= 0.7
+    assert lost(chosen) < 0.8 * lost(uniform)
+    levels = [1 - chosen[gid] / g.size for gid, g in groups.items()]
+    assert max(levels) - min(levels) > 0.25 and max(levels) <= MAX_GLOBAL_GROUP_LEVEL
+    ctrl.set_pruning_level(ctrl.target_level)
+    assert ctrl.current_groupwise_pruning_level == pytest.approx({gid: lv for gid, lv in zip(groups, levels)})
 
 
 @pytest.mark.parametrize("faster", [0.1, 0.9])  # within what the per-channel time explains, and beyond

@@ -45,7 +45,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 """Kept fractions of its groups at which each layer is timed (and the fewest they can keep)."""
 WARMUP, ITERATIONS, BUDGET_S = 3, 20, 0.25
-TABLE_FORMAT = 2
+TABLE_FORMAT = 3  # 3: widths down to the most pruned plan
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / "latency"
 
 
