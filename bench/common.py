@@ -100,9 +100,12 @@ def randomize_norms(model: Any, seed: int = 0) -> Any:
 
 
 def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
-               quick_repeats: int) -> argparse.Namespace:
-    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats)."""
+               quick_repeats: int, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats),
+    and the options ``extra`` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--models", nargs="+", help=f"timm model names (default: {' '.join(models)}; "
                                                      f"--quick: {' '.join(quick_models)})")
     parser.add_argument("--repeats", type=int, help=f"timed repeats (default {repeats}; --quick: {quick_repeats})")
