@@ -164,7 +164,8 @@ def plan_by_benefit(groups: Mapping[int, PruningGroup], target: float, cost: Cos
     loses the least :func:`comparable_importance` per unit of cost it saves, with each group's saving
     read from the cost model (e.g. the latency table: a channel of a slow layer saves more than one of a
     fast layer). A group keeps at least ``1 - max_level`` of its channels while the target can be met
-    otherwise, and never fewer than its rounding allows (:func:`minimal_plan`).
+    otherwise, and never fewer than its rounding allows (:func:`minimal_plan`); steps the target does
+    not need are given back at the end.
     """
     full = {gid: g.size for gid, g in groups.items()}
     if target == 0:
@@ -204,6 +205,20 @@ def plan_by_benefit(groups: Mapping[int, PruningGroup], target: float, cost: Cos
             tracker.set(groups[gid].space, plan[gid] / groups[gid].size)
             if next_kept(gid) >= limit[gid]:
                 heapq.heappush(heap, (price(gid), gid))
+    # The last step may overshoot the target: give steps back, the most important channels first.
+    def back(gid: int) -> int:
+        g = groups[gid]
+        return min(g.size, plan[gid] + g.unit) if g.unit > 1 and g.size > g.unit else plan[gid] + 1
+
+    def regained(gid: int) -> float:
+        g = groups[gid]
+        return least_first[gid][g.size - plan[gid]] - least_first[gid][g.size - back(gid)]
+
+    for gid in sorted((gid for gid, g in groups.items() if plan[gid] < g.size), key=regained, reverse=True):
+        g = groups[gid]
+        while plan[gid] < g.size and tracker.total_if(g.space, back(gid) / g.size) <= budget:
+            plan[gid] = back(gid)
+            tracker.set(g.space, plan[gid] / g.size)
     return plan
 
 
