@@ -2,12 +2,13 @@
 
 The latency model is a lookup table, as in NetAdapt and NVIDIA's HALP: every conv/linear layer that a
 pruning group narrows is timed alone, on the deployment device, dtype and batch size, at a few input and
-output widths, down to the narrowest any plan gives it. A plan's latency is the dense model's measured latency minus what its layers save, read
-from the table (bilinear between measured widths), minus what the per-channel ops between layers (norms,
-activations, adds) save on the narrower outputs; that per-channel time is calibrated once on a copy
-stripped to half of every group, so the model reproduces that measurement. The rest (attention
-products, pooling, the head) counts as constant. Tables are cached in a JSON file under a key (model
-structure, device, dtype, batch size, torch version, CPU threads) and measured again when it changes.
+output widths, down to the narrowest any plan gives it. A plan's latency is the dense model's measured
+latency minus what its layers save, read from the table (bilinear between measured widths), minus what
+the per-channel ops between layers (norms, activations, adds) save on the narrower outputs; that
+per-channel time is calibrated once on a copy stripped to half of every group, so the model reproduces
+that measurement. The rest (attention products, pooling, the head) counts as constant. Tables are
+cached in a JSON file under a key (model structure, device, dtype, batch size, torch version, CPU
+threads) and measured again when it changes.
 """
 
 from __future__ import annotations
@@ -358,8 +359,8 @@ def _widths(T: SpaceTable, label: Label, size: int, groups: Mapping[int, Pruning
     if not on_axis:
         return [size]
     levels = [1.0 - f for f in WIDTH_FRACTIONS] + [1.0 - 1e-9]
-    return sorted({max(1, round(size * T.fraction(label, {g.space: kept_count(g, level) / g.size for g in on_axis})))
-                   for level in levels})
+    kept = [{g.space: kept_count(g, level) / g.size for g in on_axis} for level in levels]
+    return sorted({max(1, round(size * T.fraction(label, fractions))) for fractions in kept})
 
 
 def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGroup], target: DeployTarget) -> LatencyTable:
