@@ -87,14 +87,18 @@ def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
 
 
 def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
-               quick_repeats: int) -> argparse.Namespace:
-    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats)."""
+               quick_repeats: int, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats),
+    and the options ``extra`` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--models", nargs="+", help=f"timm model names (default: {' '.join(models)}; "
                                                      f"--quick: {' '.join(quick_models)})")
     parser.add_argument("--repeats", type=int, help=f"timed repeats (default {repeats}; --quick: {quick_repeats})")
     parser.add_argument("--quick", action="store_true", help="fewer models and repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--suffix", default="", help="appended to the result file names (e.g. a subset of models)")
     args = parser.parse_args()
     args.load_average_start = [round(x, 2) for x in os.getloadavg()]
     args.models = args.models or list(quick_models if args.quick else models)
@@ -103,8 +107,10 @@ def parse_args(description: str, models: Sequence[str], quick_models: Sequence[s
 
 
 def result_name(base: str, args: argparse.Namespace) -> str:
-    """``base``, suffixed ``_quick`` and ``_<n>t`` for quick runs and non-default thread counts."""
-    return base + ("_quick" if args.quick else "") + (f"_{args.threads}t" if args.threads != 2 else "")
+    """``base``, suffixed ``_quick`` and ``_<n>t`` for quick runs and non-default thread counts, and
+    ``_<suffix>`` where one is given."""
+    return (base + ("_quick" if args.quick else "") + (f"_{args.threads}t" if args.threads != 2 else "")
+            + (f"_{args.suffix}" if getattr(args, "suffix", "") else ""))
 
 
 def environment() -> dict[str, Any]:

@@ -8,7 +8,8 @@ the config (``deploy_device``/``deploy_dtype``), then the models move to the dev
   FLOPs vs its dense copy, bf16 autocast, channels_last for CNNs;
 - infer: forward of the dense model vs the stripped one, in bf16, channels_last, under inference_mode,
   for 50% FLOPs with NNCF's default multiple 8, with ``channel_multiple: auto``, with auto and every
-  group (first and downsample convs too, CNNs), and for ``pruning_latency_target`` 0.6.
+  group (first and downsample convs too, CNNs), and for ``pruning_latency_target`` 0.6 (one level in
+  every group, and with ``all_weights``: channels where the latency table says they save most).
 
 Timing: CUDA events after a device synchronize (wall clock on CPU), dense and pruned alternating
 (the order swaps every round), medians. ``--device cpu --quick`` runs tiny settings anywhere.
@@ -46,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     f"latency {LATENCY_TARGET}": {"pruning_latency_target": LATENCY_TARGET, "channel_multiple": "auto",
                                   "prune_first_conv": True, "prune_downsample_convs": True},
 }
+VARIANTS[f"latency {LATENCY_TARGET}, per group"] = {**VARIANTS[f"latency {LATENCY_TARGET}"], "all_weights": True}
 COLUMNS: list[Column] = [
     ("model", "model", ""), ("run", "run", ""), ("batch", "batch", "d"), ("groups", "#groups", "d"),
     ("flops_reduction", "FLOPs removed", ".1%"), ("dense_ms", "dense (ms)", ".2f"), ("pruned_ms", "pruned (ms)", ".2f"),
@@ -208,8 +210,9 @@ def main() -> None:
         f"inference_mode; {args.iterations} timed rounds after 3 warm-up rounds, dense and pruned alternating.",
         f"Runs: FLOPs target {FLOPS_TARGET} with NNCF's default multiple 8, with `channel_multiple: auto`, with "
         f"auto plus `prune_first_conv`/`prune_downsample_convs`; `pruning_latency_target: {LATENCY_TARGET}` "
-        "(auto, all groups): predicted/dense from the latency table measured on this device at this batch size "
-        "and dtype, pruned/dense measured. Goals from issue 10 (bf16 batch 256 on H100/H200).",
+        "(auto, all groups; 'per group': with `all_weights`, channels where the table says they save most): "
+        "predicted/dense from the latency table measured on this device at this batch size and dtype, "
+        "pruned/dense measured. Goals from issue 10 (bf16 batch 256 on H100/H200).",
     ]
     meta = {"title": f"hf_prune on {device_name} ({dtype}): mask overhead and stripped-model speed",
             "device": device_name, "dtype": dtype, "image_size": args.image_size, "iterations": args.iterations,

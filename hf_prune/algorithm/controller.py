@@ -28,8 +28,7 @@ from .ranking import (
 )
 from .planning import (
     MAX_GLOBAL_GROUP_LEVEL, CostModel, FlopsCost, Plan, fit_units, kept_count, kept_fractions, minimal_plan,
-    relax_units,
-    plan_for_cost, plan_for_level,
+    plan_by_benefit, plan_for_cost, plan_for_level, relax_units,
 )
 from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
@@ -472,11 +471,16 @@ class FilterPruningController:
         return self.latency
 
     def _plan(self, level: float, scores: dict[int, torch.Tensor]) -> Plan:
-        """Kept channels per group for a global level (of filters, FLOPs or latency)."""
+        """Kept channels per group for a global level (of filters, FLOPs or latency): the same level in
+        every group, or one global ranking (``all_weights``, LeGR); with a latency target and
+        ``all_weights``, channels go where the latency table says they save most (HALP-style)."""
+        cap = self.config.params.legr_params.max_pruning if self.ranking is not None else MAX_GLOBAL_GROUP_LEVEL
+
         def at(lv: float) -> Plan:
-            cap = self.config.params.legr_params.max_pruning if self.ranking is not None else MAX_GLOBAL_GROUP_LEVEL
             return plan_for_level(self._groups, lv, scores, self.ranking, self.config.params.all_weights, cap)
 
+        if self.latency is not None and self.config.params.all_weights and self.ranking is None:
+            return plan_by_benefit(self._groups, level, self.latency, scores, "pruning_latency_target", cap)
         cost = self._cost_model()
         if cost is None:
             return at(level)
