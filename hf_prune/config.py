@@ -120,7 +120,7 @@ class PruningParams(_Section):
     interlayer_ranking_type: Literal["unweighted_ranking", "learned_ranking"] = Field(
         "unweighted_ranking", description="How filters of different layers are compared."
     )
-    all_weights: bool = Field(False, description="Rank filters across all groups (importance normalized per group) instead of one level per group; no group pruned beyond 90%.")
+    all_weights: bool = Field(False, description="Rank filters across all groups (importance normalized per group) instead of one level per group; no group pruned beyond 90%. With pruning_latency_target, channels go where the latency table says they save most time per importance lost.")
     prune_first_conv: bool = Field(False, description="Also prune the first convolution.")
     prune_downsample_convs: bool = Field(False, description="Also prune convolutions that downsample.")
     prune_batch_norms: bool = Field(True, description="Zero the norm parameters of pruned channels in the zeros export format (a strip always removes them).")
