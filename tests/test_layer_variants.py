@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import timm
 import torch
 from timm.layers import StdConv2d
-from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
 import hf_prune
 from conftest import randomize_norms
+from models import TIMM_SMALL
 
 
 def _n_params(model: nn.Module) -> int:
@@ -43,19 +41,12 @@ def _consumers(ctrl, cls: type) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------- weight standardization
-def _bit() -> nn.Module:
-    """BiT (``resnetv2_50x1_bit``'s definition: StdConv2d with eps 1e-8, GroupNorm of 32 groups), one block per
-    stage and half the widths."""
-    return ResNetV2(layers=[1, 1, 1, 1], channels=(128, 256, 512, 1024), stem_chs=32, stem_type="fixed",
-                    conv_layer=partial(StdConv2d, eps=1e-8), num_classes=10).eval()
-
-
 def test_weight_standardized_convs_prune_inputs_and_outputs_exactly():
     """StdConv2d standardizes each filter over inputs × kernel: the masked layer takes its statistics over the
     kept inputs only, so input channels of standardized convs are pruned and the strip is exact."""
-    model, x = _bit(), torch.randn(2, 3, 64, 64)
+    model, x = TIMM_SMALL["timm_bit"]().eval(), torch.randn(2, 3, 64, 64)
     ctrl, masked, stripped = _pruned(model, x)
-    assert len(_consumers(ctrl, StdConv2d)) >= 6  # every bottleneck's conv2 and conv3 read pruned channels
+    assert len(_consumers(ctrl, StdConv2d)) >= 16  # every bottleneck's conv2 and conv3 read pruned channels
     assert _n_params(stripped) / _n_params(model) < 0.9
     assert not any("computed in forward" in r for rs in ctrl.analysis.unprunable_layers.values() for r in rs)
     # the zeros format (NNCF's export) computes the same function, and so does the model after prepare_for_export
@@ -89,8 +80,7 @@ def test_scaled_weight_standardization_trains_like_the_stripped_model():
 # ---------------------------------------------------------------------------------------------------- GroupNorm
 def test_groupnorm_prunes_whole_groups():
     """GroupNorm's statistics are per group: whole groups are pruned, ``num_groups`` follows."""
-    model = timm.create_model("resnetv2_50d_gn", layers=[1, 1, 1, 1], channels=(128, 256, 512, 1024), stem_chs=64,
-                              num_classes=10).eval()
+    model = TIMM_SMALL["timm_resnetv2_gn"]().eval()
     ctrl, _, stripped = _pruned(model, torch.randn(2, 3, 64, 64))
     norms = {n for g in ctrl.groups.values() for m in g.members if m.role == "channel"
              and isinstance(model.get_submodule(n := m.module), nn.GroupNorm)}
@@ -100,3 +90,71 @@ def test_groupnorm_prunes_whole_groups():
         dense, small = model.get_submodule(name), stripped.get_submodule(name)
         assert small.num_channels < dense.num_channels
         assert small.num_channels // small.num_groups == dense.num_channels // dense.num_groups  # whole groups
+
+
+# ---------------------------------------------------------------------------------------------------- (c)
+def test_res2net_equal_chunks_shrink_together():
+    """Res2Net splits its bottleneck into ``scale`` chunks of ``width`` channels (``torch.split(x, self.width)``),
+    processes and concatenates them: all chunks keep the same channels and ``width`` is resized."""
+    model = TIMM_SMALL["timm_res2net"]().eval()
+    ctrl, _, stripped = _pruned(model, torch.randn(2, 3, 64, 64))
+    block = "layer1.0"
+    assert any(g.producers == [f"{block}.conv1"] for g in ctrl.groups.values())  # the chunked bottleneck width
+    assert stripped.get_submodule(block).width < model.get_submodule(block).width == 26
+    assert stripped.get_submodule(f"{block}.conv1").out_channels == 4 * stripped.get_submodule(block).width
+    assert _n_params(stripped) / _n_params(model) < 0.9
+
+
+def test_shufflenet_keeps_working_and_says_why_its_stage_widths_stay():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    ctrl, _, stripped = _pruned(model, torch.randn(2, 3, 64, 64))
+    assert len(ctrl.groups) >= 16  # the inner width of every branch
+    assert _n_params(stripped) / _n_params(model) < 0.85
+    reasons = ctrl.analysis.unprunable_layers["stage2.0.branch2.5"]
+    assert any("split by a reshape in stage2.0 (InvertedResidual)" in r for r in reasons)  # the channel shuffle
+
+
+def test_repvgg_before_and_after_reparameterization():
+    """A RepVGG stage's width is tied to its stride-2 first block by the identity branches (refused under NNCF's
+    default prune_downsample_convs=false, saying so); with it, the pruned training-time model still
+    re-parameterizes exactly; the re-parameterized model prunes its stride-1 blocks by default."""
+    from timm.utils.model import reparameterize_model
+
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(hf_prune.NothingPrunableError, match="prune_downsample_convs=false"):
+        hf_prune.create_pruning_controller(timm.create_model("repvgg_a0", num_classes=10).eval(), None,
+                                           example_inputs=x[:1])
+    model = timm.create_model("repvgg_a0", num_classes=10).eval()
+    ctrl, _, stripped = _pruned(model, x, prune_downsample_convs=True)
+    assert _n_params(stripped) / _n_params(model) < 0.6
+    with torch.no_grad():
+        before = stripped(x)
+        fused = reparameterize_model(stripped)
+        torch.testing.assert_close(fused(x), before, rtol=1e-4, atol=1e-5)
+
+    fused_dense = reparameterize_model(timm.create_model("repvgg_a0", num_classes=10).eval())
+    ctrl, _, stripped = _pruned(fused_dense, x)
+    assert len(ctrl.groups) >= 16
+    assert _n_params(stripped) / _n_params(fused_dense) < 0.65
+
+
+def test_transposed_convs_prune_exactly():
+    """BEiT's segmentation FPN upsamples with ConvTranspose2d (weight: in × out): its filters are pruned."""
+    from transformers import BeitConfig, BeitForSemanticSegmentation
+
+    model = BeitForSemanticSegmentation(BeitConfig(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        out_indices=[1, 2, 3, 4], num_labels=5, auxiliary_channels=32, pool_scales=[1, 2])).eval()
+    x = torch.randn(2, 3, 32, 32)
+    randomize_norms(model)
+    ctrl = hf_prune.create_pruning_controller(model, None, example_inputs={"pixel_values": x[:1]})
+    transposed = {p for g in ctrl.groups.values() for p in g.producers
+                  if isinstance(model.get_submodule(p), nn.ConvTranspose2d)}
+    assert transposed == {"fpn1.0", "fpn1.3", "fpn2.0"}
+    ctrl.set_pruning_level(0.3)
+    with torch.no_grad():
+        masked = model(pixel_values=x).logits
+        stripped = ctrl.strip_model(model, do_copy=True)
+        torch.testing.assert_close(stripped(pixel_values=x).logits, masked, rtol=1e-4, atol=1e-5)
+    assert stripped.fpn1[0].out_channels < 64 and _n_params(stripped) == round(ctrl.current_params)

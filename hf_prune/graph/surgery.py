@@ -73,14 +73,14 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
 
 
 def _split_sizes(T: SpaceTable, leaf_masks: dict[int, torch.Tensor]) -> dict[str, tuple[dict[int, int], set[int]]]:
-    """Per module that splits pruned channels with a reshape (attention into heads): old size → new size of
-    each split space and of its factors, and the sizes of factors that keep theirs."""
+    """Per module that splits pruned channels with a reshape (attention into heads) or into equal chunks: old
+    size → new size of each split space and of its factors, and the sizes of factors that keep theirs."""
     out: dict[str, tuple[dict[int, int], set[int]]] = {}
     for leaf, mask in leaf_masks.items():
         if bool(mask.all()):
             continue
         for root, d in T.ancestors(leaf):
-            if d is None or d.site.cause != "reshape":
+            if d is None or d.site.cause not in ("reshape", "split"):
                 continue
             sizes, unchanged = out.setdefault(d.site.module, ({}, set()))
             for space in [root] + d.children:

@@ -624,6 +624,16 @@ class _Tracer(TorchDispatchMode):
             self.table.block(c, f"sliced at fixed offsets by {self.where(self.last_op)}")
         return [(c,) if self.table.size(c) > 1 else () for c in children]
 
+    def _equal_chunks(self, label: Label, sizes: list[int]) -> Label | None:
+        """Equal chunks (``chunk``, Res2Net's ``split(width)``) as a view ``(chunks, width)``: the chunk index is
+        fixed by the code, the width is shared, so every chunk keeps the same channels and all shrink together
+        (a split size held in a module attribute is resized by the strip)."""
+        parts = self.table.split(label, [len(sizes), sizes[0]], Site("split", self.module))
+        if parts is None:
+            return None
+        self.table.block_label(parts[0], f"split into {len(sizes)} chunks by {self.where(self.last_op)} (their number is fixed)")
+        return parts[1]
+
     def _slice(self, func, args, kwargs, out):
         t = args[0]
         x = self.info(t)
@@ -657,7 +667,8 @@ class _Tracer(TorchDispatchMode):
         x = self.info(t)
         dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % t.dim()
         sizes = [o.shape[dim] for o in out]
-        segs = self._segments(t, dim, sizes)
+        chunk = self._equal_chunks(x.labels[dim], sizes) if len(sizes) > 1 and len(set(sizes)) == 1 else None
+        segs = [chunk] * len(sizes) if chunk is not None else self._segments(t, dim, sizes)
         if segs is None:
             reason = f"split irregularly by {self.where(self.last_op)}"
             self.table.block_label(x.labels[dim], reason)
