@@ -152,8 +152,9 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
         name: list(t.shape) for name, t in model.state_dict().items()
         if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
     }
-    groups = {name: m.groups for name, m in model.named_modules()
-              if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
+    ref_modules = dict(reference.named_modules()) if reference is not None else {}
+    groups = {name: m.groups for name, m in model.named_modules()  # also a grouped conv left with one group
+              if isinstance(m, nn.modules.conv._ConvNd) and max(m.groups, getattr(ref_modules.get(name), "groups", 1)) > 1}
     spec = {"shapes": shapes, "conv_groups": groups}
     if reference is not None:
         spec["attributes"] = _changed_attributes(model, reference)
