@@ -492,6 +492,8 @@ class _Tracer(TorchDispatchMode):
             self._use(w, w.labels[w_out], "out")
             self._use(w, w.labels[w_in], "in")
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
+        for lab in x.labels[2:]:  # channels here are mixed with their neighbours (ECA attention)
+            self.table.block_label(lab, f"convolved over as a spatial axis by {where}")
         spatial = [self.table.new_label(n, f"spatial dimension of {where}") for n in out.shape[2:]]
         self.set(out, [x.labels[0], out_label] + spatial, op=self.last_op)
 
