@@ -13,7 +13,8 @@ computes what the stripped model will (and receives the stripped model's gradien
 the layer's code. With ``d`` the kept entries minus their mean, ``var`` their variance and ``r`` the
 removed fraction of a filter, the preimage is ``a·d`` (zero where removed), ``a = 1 / sqrt(1 + r·var/eps)``:
 its mean is 0 and its variance ``a²·(1 - r)·var``, so that ``a·d / sqrt(a²(1 - r)var + eps)`` equals
-``d / sqrt(var + eps)``.
+``d / sqrt(var + eps)``. ``a`` is about ``sqrt(eps / (r·var))``: tiny for BiT's eps of 1e-8, which float32 and
+bfloat16 weights hold at full relative precision, float16 weights (without float32 master weights) not.
 """
 
 from __future__ import annotations
