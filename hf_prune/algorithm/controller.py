@@ -328,8 +328,11 @@ class FilterPruningController:
         return collect_statistics(self, quickly_collected_only)
 
     def prepare_for_export(self) -> None:
-        """Bake the masks into the weights (zeroed filters, same shapes), as NNCF does before export."""
-        zero_pruned(self.model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms)
+        """Bake the masks into the weights (zeroed filters, same shapes), as NNCF does before export. Weights
+        standardized in forward (BiT, NFNets) stay as they are: zeros cannot stand for their pruned inputs, their
+        mask hooks keep masking them (``strip_model(strip_format="zeros")`` gives an exact zeroed copy)."""
+        zero_pruned(self.model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms,
+                    standardized=False)
 
     def strip_model(self, model: nn.Module | None = None, do_copy: bool = False, strip_format: str = "native") -> nn.Module:
         """The model without pruning machinery: ``native`` removes pruned channels physically (same
@@ -531,7 +534,7 @@ class FilterPruningController:
                 view[d] = -1
                 mask = mask * T.label_mask(trace.param_labels[param][d], leaf).reshape(view).float()
             masks[param] = mask
-        self._masker.apply(self.model, masks)
+        self._masker.apply(self.model, masks, trace.standardized)
 
 
 def has_pruning_masks(model: nn.Module) -> bool:

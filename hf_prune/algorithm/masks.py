@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..graph.analysis import remove_forward_hooks
+from ..graph.standardization import standardized_preimage
 
 
 class _MaskHook:
@@ -25,8 +26,9 @@ class _MaskHook:
 
     transparent_to_analysis = True  # the analysis traces the model without its masks
 
-    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+    def __init__(self, masks: dict[str, torch.Tensor], standardized: dict[str, float]) -> None:
         self.masks = masks
+        self.standardized = standardized  # parameter → eps, for weights standardized in forward
         self.saved: dict[str, nn.Parameter] = {}
         self._placed: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -52,7 +54,9 @@ class _MaskHook:
         for name in self.masks:
             p = module._parameters[name]
             self.saved[name] = p
-            module._parameters[name] = p * self.mask_for(name, p)
+            mask = self.mask_for(name, p)
+            eps = self.standardized.get(name)
+            module._parameters[name] = p * mask if eps is None else standardized_preimage(p, mask, eps)
 
     def post(self, module: nn.Module, args, output) -> None:
         for name, p in self.saved.items():
@@ -66,14 +70,20 @@ class WeightMasker:
     def __init__(self) -> None:
         self._hooks: dict[nn.Module, tuple[_MaskHook, list]] = {}
 
-    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor], standardized: dict[str, float] | None = None) -> None:
         """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``). Masks of the same
-        parameters as before are updated in place; another set of parameters replaces the hooks."""
+        parameters as before are updated in place; another set of parameters replaces the hooks.
+        ``standardized`` (parameter → eps) names weights standardized per filter in forward: they are given
+        their :func:`~hf_prune.graph.standardization.standardized_preimage` instead of being zeroed."""
+        standardized = standardized or {}
         by_module: dict[nn.Module, dict[str, torch.Tensor]] = {}
+        eps: dict[nn.Module, dict[str, float]] = {}
         for full_name, mask in masks.items():
             module_name, _, pname = full_name.rpartition(".")
             module = model.get_submodule(module_name)
             by_module.setdefault(module, {})[pname] = mask
+            if full_name in standardized:
+                eps.setdefault(module, {})[pname] = standardized[full_name]
         same = by_module.keys() == self._hooks.keys() and all(
             module_masks.keys() == self._hooks[module][0].masks.keys() for module, module_masks in by_module.items())
         if same:
@@ -82,7 +92,7 @@ class WeightMasker:
             return
         self.remove()
         for module, module_masks in by_module.items():
-            hook = _MaskHook(module_masks)
+            hook = _MaskHook(module_masks, eps.get(module, {}))
             handles = [module.register_forward_pre_hook(hook.pre),
                        module.register_forward_hook(hook.post, always_call=True)]
             self._hooks[module] = (hook, handles)

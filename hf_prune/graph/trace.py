@@ -82,6 +82,8 @@ class ModelTrace:
     opaque_ops: dict[str, str]
     input_labels: list[Label]
     module_classes: dict[str, str]
+    standardized: dict[str, float] = field(default_factory=dict)
+    """Parameters standardized per output filter in forward (weight-standardized convs), with their eps."""
     head_labels: list[Label] = field(default_factory=list)
     """Batch dimensions of per-head contractions (``scaled_dot_product_attention``, a matmul of two
     activations): the attention heads, when a reshape split them from a projection's channels."""
@@ -167,6 +169,7 @@ class _Tracer(TorchDispatchMode):
         self.flop_ops: list[FlopOp] = []
         self.convs: list[ConvRecord] = []
         self.computed_weights: dict[str, str] = {}
+        self.standardized: dict[str, float] = {}  # parameter → eps of its per-filter standardization
         self.opaque_ops: dict[str, str] = {}  # module → why an op without a channel rule blocks its parameters
         self.head_labels: list[Label] = []
         self.stack: list[str] = [""]
@@ -367,12 +370,28 @@ class _Tracer(TorchDispatchMode):
             func.overloadpacket is not aten._native_batch_norm_legit_no_training
             and next((a for a in args[1:] if isinstance(a, bool)), False)
         )
+        if training and self._standardizes_weight(args, x):
+            self.standardized[x.param] = float(args[-1])  # eps: each variant's last argument
+            self.set(out[0], list(x.labels), param=x.param, op="weight standardization")
+            self.label_outputs(_tensors(out[1:]), f"statistics of {self.where(self.last_op)}")
+            return
         if training:
             for d, lab in enumerate(x.labels):
                 if d != 1:
                     self.table.block_label(lab, f"batch statistics over it in {self.where(self.last_op)}")
         self.set(out[0], list(x.labels), op=self.last_op)
         self.label_outputs(_tensors(out[1:]), f"statistics of {self.where(self.last_op)}")
+
+    def _standardizes_weight(self, args, x: TensorInfo) -> bool:
+        """A batch norm of a parameter viewed as ``(1, out, rest)``, without bias or running statistics: each
+        filter standardized over its inputs × kernel (timm's ``StdConv2d``); masks make its statistics
+        cover kept inputs only (:mod:`.standardization`)."""
+        t = args[0]
+        if x.param is None or t.dim() != 3 or t.shape[0] != 1 or _tensors(args[2:5]):
+            return False
+        labels = self.param_labels[x.param]
+        atoms = self.table.atoms
+        return atoms(labels[0]) == atoms(x.labels[1]) and atoms(tuple(s for lab in labels[1:] for s in lab)) == atoms(x.labels[2])
 
     def _layer_norm(self, func, args, kwargs, out):
         x = self.info(args[0])
@@ -388,7 +407,7 @@ class _Tracer(TorchDispatchMode):
 
     def _group_norm(self, func, args, kwargs, out):
         x = self.info(args[0])
-        groups = args[7]
+        groups = args[6]  # native_group_norm(input, weight, bias, N, C, HxW, group, eps)
         channel = x.labels[1]
         for p in _tensors(args[1:3]):
             self.table.unify(channel, self.info(p).labels[0])
@@ -402,7 +421,8 @@ class _Tracer(TorchDispatchMode):
             if parts is None:
                 self.table.block_label(channel, reason)
             else:
-                self.table.block_label(parts[1], reason)
+                self.table.block_label(parts[1], f"channels inside the groups of GroupNorm {self.module or '<model>'} "
+                                                 f"(whole groups of {size // groups} channels are pruned)")
         for lab in x.labels[2:]:
             self.table.block_label(lab, reason)
         self.set(out[0], list(x.labels), op=self.last_op)
@@ -461,6 +481,8 @@ class _Tracer(TorchDispatchMode):
             self._use(w, w.labels[w_out], "out")
             self._use(w, w.labels[w_in], "in")
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
+        for lab in x.labels[2:]:  # channels here are mixed with their neighbours (ECA attention)
+            self.table.block_label(lab, f"convolved over as a spatial axis by {where}")
         spatial = [self.table.new_label(n, f"spatial dimension of {where}") for n in out.shape[2:]]
         self.set(out, [x.labels[0], out_label] + spatial, op=self.last_op)
 
@@ -593,6 +615,16 @@ class _Tracer(TorchDispatchMode):
             self.table.block(c, f"sliced at fixed offsets by {self.where(self.last_op)}")
         return [(c,) if self.table.size(c) > 1 else () for c in children]
 
+    def _equal_chunks(self, label: Label, sizes: list[int]) -> Label | None:
+        """Equal chunks (``chunk``, Res2Net's ``split(width)``) as a view ``(chunks, width)``: the chunk index is
+        fixed by the code, the width is shared, so every chunk keeps the same channels and all shrink together
+        (a split size held in a module attribute is resized by the strip)."""
+        parts = self.table.split(label, [len(sizes), sizes[0]], Site("split", self.module))
+        if parts is None:
+            return None
+        self.table.block_label(parts[0], f"split into {len(sizes)} chunks by {self.where(self.last_op)} (their number is fixed)")
+        return parts[1]
+
     def _slice(self, func, args, kwargs, out):
         t = args[0]
         x = self.info(t)
@@ -626,7 +658,8 @@ class _Tracer(TorchDispatchMode):
         x = self.info(t)
         dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % t.dim()
         sizes = [o.shape[dim] for o in out]
-        segs = self._segments(t, dim, sizes)
+        chunk = self._equal_chunks(x.labels[dim], sizes) if len(sizes) > 1 and len(set(sizes)) == 1 else None
+        segs = [chunk] * len(sizes) if chunk is not None else self._segments(t, dim, sizes)
         if segs is None:
             reason = f"split irregularly by {self.where(self.last_op)}"
             self.table.block_label(x.labels[dim], reason)
@@ -808,4 +841,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         input_labels=input_labels,
         module_classes={n: type(m).__name__ for m, n in names.items()},
         head_labels=tracer.head_labels,
+        standardized=tracer.standardized,
     )
