@@ -4,7 +4,8 @@ Public names are imported on first use (PEP 562), so ``import hf_prune`` costs l
 ``import torch``: transformers, timm, accelerate and ONNX Runtime load with the API that needs them.
 Importing hf_prune does register, at once, the strip hook that records a stripped model's shapes and
 (as soon as transformers' quantization machinery is imported) the loader that lets
-``AutoModel*.from_pretrained`` and ``pipeline`` reload stripped transformers models.
+``AutoModel*.from_pretrained`` and ``pipeline`` reload stripped transformers models; an installed
+hf_prune registers that loader at start-up already (:mod:`hf_prune_autoload`).
 """
 
 from __future__ import annotations

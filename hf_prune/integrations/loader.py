@@ -6,9 +6,10 @@ built model to the recorded shapes there, so ``AutoModel*.from_pretrained(dir)``
 and a Trainer's best-model reload return the stripped model; after loading, every trace of
 quantization is removed (the model trains, saves and exports like any other).
 
-Importing this module imports transformers' quantization machinery (seconds): ``import hf_prune``
-registers it only once transformers itself imports that machinery (see
-:func:`hf_prune.integrations.serialization.register_hooks`).
+Importing this module imports transformers' quantization machinery (seconds): it is registered only
+once transformers itself imports that machinery, by the start-up hook an installed hf_prune puts in
+place (:mod:`hf_prune_autoload`) or by ``import hf_prune``. That happens while
+``transformers.modeling_utils`` is half imported: this module imports only what is loaded by then.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ A stripped model differs from the architecture its config describes only in tens
     {"quant_method": "hf_prune", "format_version": 1, "shape_spec": {...}, "dense_shapes": {...},
      "pruning": {...} | null}
 
-- transformers: under ``quantization_config``. Importing hf_prune registers a loader for it with
-  transformers' quantization hooks (:mod:`hf_prune.integrations.loader`), so
+- transformers: under ``quantization_config``. A loader for it is registered with transformers'
+  quantization hooks (:mod:`hf_prune.integrations.loader`) by an installed hf_prune's start-up hook
+  (:mod:`hf_prune_autoload`) or by ``import hf_prune``, so
   ``AutoModel*.from_pretrained(dir)`` narrows the freshly built model before its weights load. The
   quantizer flags are removed after loading (the model is not quantized; it trains and saves
   normally) and the record stays in ``config.quantization_config``. ``dense_shapes`` (the unpruned
@@ -25,22 +26,19 @@ controller in ``pruning_state.pt``, for :func:`load_pruning_controller` to resum
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.abc
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from hf_prune_autoload import QUANTIZERS_MODULE, after_import, register_loader
 
 from ..errors import HfPruneError, PruningStateError
 from ..files import write_atomic
@@ -67,8 +65,6 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 STATE_NAME = "pruning_state.pt"
 CONTROLLER_MODULE = "hf_prune.algorithm.controller"
 """Holds the strip hooks; :func:`_record_strip` joins them."""
-QUANTIZERS_MODULE = "transformers.quantizers.auto"
-"""transformers' registry of quantizers, where :mod:`hf_prune.integrations.loader` registers itself."""
 MAX_LISTED = 5
 """Mismatches named in an error before the rest are counted."""
 
@@ -512,31 +508,6 @@ def load_pruning_controller(model: nn.Module, directory: str | os.PathLike[str],
     return controller
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Post-import hooks: ``callbacks[name]()`` runs right after module ``name`` is first executed."""
-
-    def __init__(self, callbacks: dict[str, Any]) -> None:
-        self.callbacks = callbacks
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        callback = self.callbacks.pop(name, None)
-        if callback is None:
-            return None
-        if not self.callbacks:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_call(module: ModuleType) -> None:
-            exec_module(module)
-            callback()
-
-        spec.loader.exec_module = exec_then_call  # type: ignore[method-assign]
-        return spec
-
-
 def _register_strip_hook() -> None:
     from ..algorithm.controller import STRIP_HOOKS
 
@@ -544,19 +515,13 @@ def _register_strip_hook() -> None:
         STRIP_HOOKS.append(_record_strip)
 
 
-def _register_loader() -> None:
-    importlib.import_module("hf_prune.integrations.loader").register()
-
-
 def register_hooks() -> None:
     """Record a stripped model's shapes at every strip, and let transformers load stripped models, as soon
     as the controller and transformers' quantization machinery are imported (at once where they are):
-    ``import hf_prune`` stays fast, and neither hook can be missed."""
-    hooks = {CONTROLLER_MODULE: _register_strip_hook, QUANTIZERS_MODULE: _register_loader}
-    for module in [m for m in hooks if m in sys.modules]:
-        hooks.pop(module)()
-    if hooks and not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(hooks))
+    ``import hf_prune`` stays fast, and neither hook can be missed. Without ``import hf_prune``, the
+    start-up hook of :mod:`hf_prune_autoload` registers the loader."""
+    after_import(CONTROLLER_MODULE, _register_strip_hook)
+    after_import(QUANTIZERS_MODULE, register_loader)
 
 
 register_hooks()
