@@ -136,7 +136,7 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     """What a reload needs to rebuild a stripped model from its dense definition.
 
     Lists the shape of every parameter/buffer that differs from ``reference`` (the dense model; all
-    of them when None), the ``groups`` of every grouped convolution and, given ``reference``, every
+    of them when None), the ``groups`` of every convolution grouped in either and, given ``reference``, every
     integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned,
     a timm model's ``num_features``) and the ``feature_info`` channels of each timm model that differ from it.
     """
@@ -145,8 +145,10 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
         name: list(t.shape) for name, t in model.state_dict().items()
         if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
     }
-    groups = {name: m.groups for name, m in model.named_modules()
-              if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
+    ref_groups = {name: m.groups for name, m in reference.named_modules()
+                  if isinstance(m, nn.modules.conv._ConvNd)} if reference is not None else {}
+    groups = {name: m.groups for name, m in model.named_modules()  # grouped, or no longer grouped
+              if isinstance(m, nn.modules.conv._ConvNd) and (m.groups > 1 or ref_groups.get(name, 1) != 1)}
     spec = {"shapes": shapes, "conv_groups": groups}
     if reference is not None:
         spec["attributes"] = _changed_attributes(model, reference)

@@ -5,7 +5,7 @@ A stripped model differs from the architecture its config describes only in tens
 :func:`~hf_prune.graph.surgery.shape_spec`) in a *pruning record*::
 
     {"quant_method": "hf_prune", "format_version": 1, "shape_spec": {...}, "dense_shapes": {...},
-     "pruning": {...} | null}
+     "dense_config": {...}, "pruning": {...} | null}
 
 - transformers: under ``quantization_config``. A loader for it is registered with transformers'
   quantization hooks (:mod:`hf_prune.integrations.loader`) by an installed hf_prune's start-up hook
@@ -14,7 +14,9 @@ A stripped model differs from the architecture its config describes only in tens
   quantizer flags are removed after loading (the model is not quantized; it trains and saves
   normally) and the record stays in ``config.quantization_config``. ``dense_shapes`` (the unpruned
   shapes of the recorded tensors) tells which dimensions were pruned, so that a reload with another
-  head (``num_labels=3, ignore_mismatched_sizes=True``) narrows only those.
+  head (``num_labels=3, ignore_mismatched_sizes=True``) narrows only those. The config's width fields
+  that one value still describes hold the stripped widths (:mod:`.config_widths`); ``dense_config``
+  keeps their dense values, from which :func:`dense_reference` builds the dense architecture.
 - timm: under ``hf_prune``, beside timm's Hub fields (``architecture``, ``num_classes``,
   ``pretrained_cfg``, ``model_args``); weights in ``model.safetensors``.
 
@@ -113,22 +115,33 @@ def set_record(model: nn.Module, record: dict[str, Any] | None) -> None:
         model.__dict__.pop(TIMM_ATTR, None)
 
 
+def dense_config(model: nn.Module) -> Any:
+    """A copy of a transformers ``model``'s config describing its dense architecture: without the pruning
+    record, with the width fields the strip changed set back (the record's ``dense_config``)."""
+    from .config_widths import set_fields
+
+    config = copy.deepcopy(model.config)
+    record = pruning_record(model)
+    if record is not None:
+        del config.quantization_config
+        set_fields(config, record.get("dense_config") or {})
+    return config
+
+
 def dense_reference(model: nn.Module, model_args: dict[str, Any] | None = None) -> nn.Module:
     """The unpruned model that ``model``'s config describes, on the meta device (shapes only).
 
     ``model_args``: timm constructor arguments the timm factory did not record.
     """
-    kind = model_library(model)
-    with torch.device("meta"):
-        if kind == "timm":
-            import timm
-            from timm.models._input import get_model_args
+    if model_library(model) == "transformers":
+        from .config_widths import build
 
-            return timm.create_model(model.pretrained_cfg["architecture"], **get_model_args(model, model_args))
-        config = copy.deepcopy(model.config)
-        if pruning_record(model) is not None:
-            del config.quantization_config
-        return type(model)(config)
+        return build(type(model), dense_config(model))
+    import timm
+    from timm.models._input import get_model_args
+
+    with torch.device("meta"):
+        return timm.create_model(model.pretrained_cfg["architecture"], **get_model_args(model, model_args))
 
 
 def _summary(controller: FilterPruningController) -> dict[str, Any]:
@@ -140,14 +153,17 @@ def _summary(controller: FilterPruningController) -> dict[str, Any]:
 
 
 def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
-                 model_args: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The record of ``model``'s shapes, None if it has its config's shapes; checks a reload can rebuild it."""
+                 model_args: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The record of ``model``'s shapes (None if it has its config's shapes; checks a reload can rebuild
+    it), and the config width fields that take stripped values (:func:`~.config_widths.stripped_fields`),
+    whose dense values the record keeps under ``dense_config``."""
     from ..graph.surgery import resize_to_spec, shape_spec
+    from .config_widths import get_fields, replayed_spec, set_fields, stripped_fields
 
     dense = dense_reference(model, model_args)
     spec = shape_spec(model, dense)
     if not spec["shapes"]:
-        return None
+        return None, {}
     dense_state = dense.state_dict()
     dense_shapes = {name: list(dense_state[name].shape) for name in spec["shapes"] if name in dense_state}
     try:
@@ -158,8 +174,27 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
     missing = sorted(set(dense.state_dict()) - set(model.state_dict()))
     if missing:
         raise PrunedModelError(f"{type(model).__name__} lacks tensors its config builds: {_listed(missing)}")
-    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "shape_spec": spec,
-            "dense_shapes": dense_shapes, "pruning": pruning}
+    fields, dense_fields = {}, {}
+    if model_library(model) == "transformers":
+        config = dense_config(model)
+        fields = stripped_fields(model, config, spec)
+        dense_fields = get_fields(config, list(fields))
+        spec = replayed_spec(model, set_fields(config, fields), spec)
+    record = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "shape_spec": spec,
+              "dense_shapes": dense_shapes, "dense_config": dense_fields, "pruning": pruning}
+    return record, fields
+
+
+def record_shapes(model: nn.Module, pruning: dict[str, Any] | None, model_args: dict[str, Any] | None = None) -> None:
+    """Attach the record of ``model``'s shapes (:func:`_make_record`) and, for a transformers model, set its
+    config's width fields to the stripped widths they describe."""
+    from .config_widths import set_fields
+
+    record, fields = _make_record(model, pruning, model_args)
+    if model_library(model) == "transformers":
+        set_fields(model.config, (pruning_record(model) or {}).get("dense_config") or {})
+        set_fields(model.config, fields)
+    set_record(model, record)
 
 
 def _record_strip(model: nn.Module, controller: FilterPruningController) -> None:
@@ -167,7 +202,7 @@ def _record_strip(model: nn.Module, controller: FilterPruningController) -> None
     if library_of(model) is None:
         return
     try:
-        set_record(model, _make_record(model, _summary(controller)))
+        record_shapes(model, _summary(controller))
     except PrunedModelError as exc:  # stripping must not fail for want of a reloadable config
         warnings.warn(f"the stripped model's shapes cannot be recorded for a reload: {exc}", UserWarning, stacklevel=3)
 
@@ -346,8 +381,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike[str], *,
                                "(controller=...) to save the run in progress, or strip the model first")
     previous = pruning_record(model) or {}
     pruning = _summary(controller) if controller is not None else previous.get("pruning")
-    record = _make_record(model, pruning, model_args)
-    set_record(model, record)
+    record_shapes(model, pruning, model_args)
+    record = pruning_record(model)
     target = Path(save_directory)
     with _atomic_directory(target) as tmp:
         if kind == "transformers":
