@@ -3,8 +3,9 @@
 The hf_prune distribution installs ``hf_prune_autoload.pth`` into site-packages; Python runs its one
 line, ``import hf_prune_autoload; hf_prune_autoload.install()``, at start-up. This module imports nothing heavy (no torch, no
 transformers, not hf_prune itself): it only puts a post-import hook on ``sys.meta_path``. When (and if)
-``transformers.quantizers.auto`` is first imported, the hook registers hf_prune's loader of stripped
-shapes (:mod:`hf_prune.integrations.loader`) there, so ``AutoModel*.from_pretrained(dir)`` and
+``transformers.modeling_utils`` (where ``from_pretrained`` lives) has been imported, the hook registers
+hf_prune's loader of stripped shapes (:mod:`hf_prune.integrations.loader`) with transformers'
+quantizers, so ``AutoModel*.from_pretrained(dir)`` and
 ``pipeline(model=dir)`` rebuild a stripped model like any other. Set ``HF_PRUNE_NO_AUTOLOAD=1`` to opt
 out; ``import hf_prune`` then still registers the loader.
 
@@ -21,12 +22,13 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, Callable
 
-__all__ = ["DISABLE_ENV", "QUANTIZERS_MODULE", "after_import", "install", "register_loader"]
+__all__ = ["DISABLE_ENV", "TRANSFORMERS_MODULE", "after_import", "install", "register_loader"]
 
 DISABLE_ENV = "HF_PRUNE_NO_AUTOLOAD"
 """Environment variable: set to ``1`` to keep the start-up hook from being installed."""
-QUANTIZERS_MODULE = "transformers.quantizers.auto"
-"""transformers' registry of quantizers, where hf_prune's loader of stripped shapes registers itself."""
+TRANSFORMERS_MODULE = "transformers.modeling_utils"
+"""Once it is imported, so are transformers' quantizers (it imports them; they do not import it): the loader
+registers itself then, with no half-imported transformers module around, before any ``from_pretrained``."""
 
 
 class _AfterImport:
@@ -90,4 +92,4 @@ def install() -> None:
     """The start-up hook (run by ``hf_prune_autoload.pth``), unless ``HF_PRUNE_NO_AUTOLOAD`` is set."""
     if os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
         return
-    after_import(QUANTIZERS_MODULE, register_loader)
+    after_import(TRANSFORMERS_MODULE, register_loader)

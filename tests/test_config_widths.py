@@ -14,8 +14,8 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 
 import hf_prune
-from hf_prune.integrations.config_widths import get_fields
-from hf_prune.integrations.serialization import dense_reference, pruning_record
+from hf_prune.graph.config_widths import get_fields
+from hf_prune.graph.record import dense_reference, pruning_record
 
 from conftest import randomize_norms
 from models import build, first

@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..algorithm.controller import FilterPruningController
+from ..graph.record import dense_reference, model_library, pruning_record
 from ..graph.surgery import resize_to_spec, shape_spec
+from ..model_kind import input_size
 from ..text import markdown_table
-from .serialization import (
-    dense_reference, ensure_stripped, input_size, logits, model_library, pruning_record, save_pretrained,
-)
+from .serialization import ensure_stripped, logits, save_pretrained
 
 __all__ = ["TAGS", "model_card", "model_statistics", "push_to_hub"]
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph.adapters import int_attributes
-from ..graph.surgery import resize_to_spec, shape_spec
+from .adapters import int_attributes
+from .surgery import resize_to_spec, shape_spec
 
 __all__ = ["WIDTH_FIELDS", "build", "get_fields", "replayed_spec", "set_fields", "stripped_fields"]
 
