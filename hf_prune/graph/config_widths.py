@@ -121,9 +121,11 @@ def stripped_fields(model: nn.Module, dense_config: Any, spec: dict[str, Any]) -
         return {}
     stripped = {key: stripped[key] for key in dense}  # not attributes set after construction
     fields = _width_fields(dense_config)
+    changed = {n for key, n in dense.items() if "#" in key and stripped[key] != n}
     picks = [(path, index, new) for path, value in fields.items()
              for index in (range(len(value)) if isinstance(value, (list, tuple)) else [None])
-             if (new := _scaled(model_class, dense_config, path, index, dense, stripped)) is not None]
+             if (value if index is None else value[index]) in changed  # no pruned dimension has its width: unprobed
+             and (new := _scaled(model_class, dense_config, path, index, dense, stripped)) is not None]
     if _rebuilds(model, dense_config, _picked(fields, picks), spec, stripped):
         return _picked(fields, picks)
     accepted: list[tuple[str, int | None, int]] = []
