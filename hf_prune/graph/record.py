@@ -31,6 +31,8 @@ from torch import nn
 
 from ..errors import PrunedModelError
 from ..model_kind import library_of
+from .config_widths import build, get_fields, replayed_spec, set_fields, stripped_fields
+from .surgery import resize_to_spec, shape_spec
 
 __all__ = [
     "CONFIG_NAME", "FORMAT_VERSION", "dense_config", "dense_reference", "check_record", "is_timm_config", "listed",
@@ -83,8 +85,6 @@ def set_record(model: nn.Module, record: dict[str, Any] | None) -> None:
 def dense_config(model: nn.Module) -> Any:
     """A copy of a transformers ``model``'s config describing its dense architecture: without the pruning
     record, with the width fields the strip changed set back (the record's ``dense_config``)."""
-    from .config_widths import set_fields
-
     config = copy.deepcopy(model.config)
     record = pruning_record(model)
     if record is not None:
@@ -99,8 +99,6 @@ def dense_reference(model: nn.Module, model_args: dict[str, Any] | None = None) 
     ``model_args``: timm constructor arguments the timm factory did not record.
     """
     if model_library(model) == "transformers":
-        from .config_widths import build
-
         return build(type(model), dense_config(model))
     import timm
     from timm.models._input import get_model_args
@@ -114,9 +112,6 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
     """The record of ``model``'s shapes (None if it has its config's shapes; checks a reload can rebuild
     it), and the config width fields that take stripped values (:func:`~.config_widths.stripped_fields`),
     whose dense values the record keeps under ``dense_config``."""
-    from .surgery import resize_to_spec, shape_spec
-    from .config_widths import get_fields, replayed_spec, set_fields, stripped_fields
-
     dense = dense_reference(model, model_args)
     spec = shape_spec(model, dense)
     if not spec["shapes"]:
@@ -145,8 +140,6 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
 def record_shapes(model: nn.Module, pruning: dict[str, Any] | None, model_args: dict[str, Any] | None = None) -> None:
     """Attach the record of ``model``'s shapes (:func:`_make_record`) and, for a transformers model, set its
     config's width fields to the stripped widths they describe."""
-    from .config_widths import set_fields
-
     record, fields = _make_record(model, pruning, model_args)
     if model_library(model) == "transformers":
         set_fields(model.config, (pruning_record(model) or {}).get("dense_config") or {})
@@ -199,8 +192,6 @@ def _fitted_spec(model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
 
 def narrow(model: nn.Module, record: dict[str, Any], source: Path) -> None:
     """Narrow a freshly built dense model to the shapes ``record`` (read from ``source``) describes."""
-    from .surgery import resize_to_spec
-
     check_record(record, source)
     try:
         resize_to_spec(model, _fitted_spec(model, record))
