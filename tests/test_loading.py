@@ -142,8 +142,8 @@ def test_saved_config_keeps_the_architecture_for_every_consumer(saved_vit: Path)
 
 
 def test_import_is_light() -> None:
-    heavy = ["transformers", "timm", "accelerate", "onnxruntime", "onnx", "optimum", "datasets", "sklearn",
-             "matplotlib", "pydantic"]
+    heavy = ["torch", "transformers", "timm", "accelerate", "onnxruntime", "onnx", "optimum", "datasets",
+             "sklearn", "matplotlib", "pydantic"]
     result = run_python(f"import sys, hf_prune; print([m for m in {heavy!r} if m in sys.modules])")
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
     lazy = run_python("import sys, hf_prune; hf_prune.PruningConfig; print('timm' in sys.modules, "
