@@ -30,10 +30,10 @@ $(UV):
 	$(PYTHON) -m venv $(UV_VENV)
 	$(CLEAN_ENV) $(UV_VENV)/bin/python -m pip install --quiet uv
 
-$(VENV)/.installed: pyproject.toml .ci/constraints.txt | $(UV)
+$(VENV)/.installed: pyproject.toml setup.py .ci/constraints.txt | $(UV)
 	$(call make_venv,$(VENV),$(EXTRAS_DEFAULT))
 
-$(VENV_OPTIMUM)/.installed: pyproject.toml .ci/constraints.txt | $(UV)
+$(VENV_OPTIMUM)/.installed: pyproject.toml setup.py .ci/constraints.txt | $(UV)
 	$(call make_venv,$(VENV_OPTIMUM),$(EXTRAS_OPTIMUM))
 
 install: $(VENV)/.installed

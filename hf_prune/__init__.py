@@ -1,10 +1,11 @@
 """hf_prune: NNCF-style filter pruning for timm and Hugging Face vision models, with a real strip.
 
-Public names are imported on first use (PEP 562), so ``import hf_prune`` costs little more than
-``import torch``: transformers, timm, accelerate and ONNX Runtime load with the API that needs them.
-Importing hf_prune does register, at once, the strip hook that records a stripped model's shapes and
-(as soon as transformers' quantization machinery is imported) the loader that lets
-``AutoModel*.from_pretrained`` and ``pipeline`` reload stripped transformers models.
+Public names are imported on first use (PEP 562), so ``import hf_prune`` imports neither torch nor
+transformers, timm, accelerate or ONNX Runtime: each loads with the API that needs it. An installed
+hf_prune registers, at start-up (:mod:`hf_prune_autoload`), the loader that lets
+``AutoModel*.from_pretrained`` and ``pipeline`` reload stripped transformers models as soon as
+transformers imports ``modeling_utils``; ``import hf_prune`` registers it too (for a checkout
+on ``PYTHONPATH``, or with ``HF_PRUNE_NO_AUTOLOAD=1``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .integrations import serialization as _serialization  # registers the strip hook and the loader (see register_hooks)
+import hf_prune_autoload as _autoload
+
+_autoload.after_import(_autoload.TRANSFORMERS_MODULE, _autoload.register_loader)
 
 __version__ = "0.1.0"
 
@@ -30,9 +33,9 @@ _EXPORTS: dict[str, str] = {
     "AcceleratedPruner": "integrations.accelerate",
     "push_to_hub": "integrations.hub",
     "OnnxExportError": "integrations.onnx", "export_onnx": "integrations.onnx",
-    "PrunedModelError": "integrations.serialization", "from_pretrained": "integrations.serialization",
-    "load_pruning_controller": "integrations.serialization", "save_pretrained": "integrations.serialization",
-    "save_pruning_state": "integrations.serialization",
+    "PrunedModelError": "errors", "from_pretrained": "integrations.serialization",
+    "load_pruning_controller": "integrations.pruning_state", "save_pretrained": "integrations.serialization",
+    "save_pruning_state": "integrations.pruning_state",
     "PruningCallback": "integrations.trainer", "PruningTrainer": "integrations.trainer",
 }
 __all__ = sorted(_EXPORTS)
@@ -56,7 +59,8 @@ if TYPE_CHECKING:  # names for type checkers and IDEs
     from .algorithm.statistics import PruningStatistics
     from .config import LegrParams, PruningArguments, PruningConfig, PruningConfigError, PruningParams
     from .errors import (
-        AnalysisError, HfPruneError, NothingPrunableError, PruningLevelError, PruningStateError, ScopeError,
+        AnalysisError, HfPruneError, NothingPrunableError, PrunedModelError, PruningLevelError, PruningStateError,
+        ScopeError,
     )
     from .graph.analysis import ModelAnalysis, analyze_model
     from .graph.canonical import register_op_variant
@@ -65,7 +69,6 @@ if TYPE_CHECKING:  # names for type checkers and IDEs
     from .integrations.accelerate import AcceleratedPruner
     from .integrations.hub import push_to_hub
     from .integrations.onnx import OnnxExportError, export_onnx
-    from .integrations.serialization import (
-        PrunedModelError, from_pretrained, load_pruning_controller, save_pretrained, save_pruning_state,
-    )
+    from .integrations.pruning_state import load_pruning_controller, save_pruning_state
+    from .integrations.serialization import from_pretrained, save_pretrained
     from .integrations.trainer import PruningCallback, PruningTrainer

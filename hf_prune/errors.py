@@ -23,6 +23,10 @@ class PruningLevelError(HfPruneError, ValueError):
     """A pruning level or a group-level mapping is invalid."""
 
 
+class PrunedModelError(HfPruneError, ValueError):
+    """A pruned model cannot be saved or loaded; the message names the file and the mismatch."""
+
+
 class PruningStateError(HfPruneError, ValueError):
     """A saved pruning state does not belong to this model and pruning config (or is no pruning state)."""
 

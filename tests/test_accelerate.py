@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from hf_prune import HfPruneError
 from hf_prune.integrations.accelerate import AcceleratedPruner
-from hf_prune.integrations.distributed import PruningStateError
+from hf_prune.errors import PruningStateError
 from scripts.common import PRUNING, digits, masks_of, same_tensors, single_thread, tiny_resnet  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")

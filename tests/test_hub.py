@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hf_prune
 from hf_prune.integrations.hub import _stage, model_statistics, push_to_hub
-from hf_prune.integrations.serialization import PrunedModelError, from_pretrained, input_size, logits
+from hf_prune.integrations.serialization import PrunedModelError, from_pretrained, logits
+from hf_prune.model_kind import input_size
 
 from conftest import randomize_norms
 from test_serialization import assert_same, pruned

@@ -1,10 +1,11 @@
-"""Reloading stripped transformers models through transformers' own entry points, on either stack:
-without hf_prune imported, with a new head, through pipeline(), TimmWrapper models, damaged files;
-and what ``import hf_prune`` costs."""
+"""Reloading stripped transformers models through transformers' own entry points, on either stack: in a
+process that never imports hf_prune (the start-up hook), with a new head, through pipeline(), TimmWrapper
+models, damaged files; and what ``import hf_prune`` costs."""
 
 from __future__ import annotations
 
 import json
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +25,13 @@ from test_serialization import assert_same, pruned
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_python(code: str) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter with this checkout first on the path."""
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with this checkout first on the path and its ``hf_prune_autoload.pth``
+    processed, as an installed hf_prune's is at start-up (``env``: more environment variables)."""
+    code = f"import site; site.addsitedir({str(ROOT)!r})\n{code}"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                               "HF_HUB_OFFLINE": "1"})
+                               "HF_HUB_OFFLINE": "1", **env})
 
 
 @pytest.fixture
@@ -40,13 +43,48 @@ def saved_vit(tmp_path: Path) -> Path:
     return tmp_path / "vit"
 
 
-def test_without_hf_prune_imported_the_failure_names_hf_prune(saved_vit: Path) -> None:
-    load = f"from transformers import AutoModelForImageClassification as A; A.from_pretrained({str(saved_vit)!r})"
-    bare = run_python(load)
-    assert bare.returncode != 0 and "hf_prune" in bare.stderr
-    assert "hf_prune" not in run_python(f"import sys; {load}; print(sorted(sys.modules))").stdout
-    with_import = run_python(f"import hf_prune; {load}; print('loaded')")
-    assert with_import.returncode == 0 and "loaded" in with_import.stdout, with_import.stderr[-2000:]
+LOAD_WITHOUT_IMPORT = """
+import sys
+print("at start-up:", sorted(m for m in ("hf_prune", "torch", "transformers") if m in sys.modules))
+import torch
+from transformers import AutoModelForImageClassification, pipeline
+expected = torch.load({expected!r})
+model = AutoModelForImageClassification.from_pretrained({directory!r}).eval()
+classify = pipeline("image-classification", model={directory!r})
+with torch.no_grad():
+    for loaded in (model, classify.model):
+        print(type(loaded).__name__, torch.equal(loaded(pixel_values=expected["x"]).logits, expected["logits"]))
+"""
+
+
+def test_a_process_that_never_imports_hf_prune_loads_stripped_models(saved_vit: Path, tmp_path: Path) -> None:
+    _, _, small = pruned("hf_vit")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.save({"x": x, "logits": small(pixel_values=x).logits}, tmp_path / "expected.pt")
+    code = LOAD_WITHOUT_IMPORT.format(expected=str(tmp_path / "expected.pt"), directory=str(saved_vit))
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == "at start-up: []"  # the start-up hook imports nothing heavy
+    assert result.stdout.splitlines()[-2:] == ["ViTForImageClassification True"] * 2
+
+    opted_out = run_python(code, HF_PRUNE_NO_AUTOLOAD="1")  # transformers' own failure, naming the record
+    assert opted_out.returncode != 0 and "Unknown quantization type, got hf_prune" in opted_out.stderr
+    with_import = run_python(f"import hf_prune\n{code}", HF_PRUNE_NO_AUTOLOAD="1")
+    assert with_import.returncode == 0 and with_import.stdout.splitlines()[-1].endswith("True"), \
+        with_import.stderr[-3000:]
+
+
+def test_the_installed_distribution_ships_the_start_up_hook() -> None:
+    """``pip install hf_prune`` and the Makefile's ``uv pip install -e .`` put hf_prune_autoload.pth into
+    site-packages beside hf_prune's metadata (setup.py)."""
+    installed = [Path(d) for d in site.getsitepackages() if list(Path(d).glob("hf_prune-*.dist-info"))]
+    if not installed:
+        pytest.skip("hf_prune is not installed in this interpreter's site-packages")
+    for directory in installed:
+        pth = directory / "hf_prune_autoload.pth"
+        assert pth.is_file(), f"{directory} holds hf_prune but not hf_prune_autoload.pth"
+        assert pth.read_text() == (ROOT / "hf_prune_autoload.pth").read_text()
 
 
 def test_pipeline_loads_a_stripped_directory(saved_vit: Path) -> None:
@@ -104,8 +142,8 @@ def test_saved_config_keeps_the_architecture_for_every_consumer(saved_vit: Path)
 
 
 def test_import_is_light() -> None:
-    heavy = ["transformers", "timm", "accelerate", "onnxruntime", "onnx", "optimum", "datasets", "sklearn",
-             "matplotlib", "pydantic"]
+    heavy = ["torch", "transformers", "timm", "accelerate", "onnxruntime", "onnx", "optimum", "datasets",
+             "sklearn", "matplotlib", "pydantic"]
     result = run_python(f"import sys, hf_prune; print([m for m in {heavy!r} if m in sys.modules])")
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
     lazy = run_python("import sys, hf_prune; hf_prune.PruningConfig; print('timm' in sys.modules, "

@@ -18,12 +18,14 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
 import hf_prune
-from hf_prune.algorithm.controller import STRIP_HOOKS, has_pruning_masks
+from hf_prune_autoload import TRANSFORMERS_MODULE, after_import, register_loader
+from hf_prune.algorithm.controller import has_pruning_masks
 from hf_prune.app.models import ModelLoadError, load_model
-from hf_prune.integrations import loader, serialization
-from hf_prune.integrations.serialization import (
-    PrunedModelError, from_pretrained, load_pruning_controller, logits, pruning_record, save_pretrained,
-)
+from hf_prune.graph.record import model_library, pruning_record
+from hf_prune.integrations import loader
+from hf_prune.integrations.pruning_state import STATE_NAME, load_pruning_controller
+from hf_prune.integrations.serialization import PrunedModelError, from_pretrained, logits, save_pretrained
+from hf_prune.model_kind import input_size
 
 from conftest import randomize_norms
 from models import HF_MODELS
@@ -42,8 +44,8 @@ CASES = [*TIMM_CASES, *HF_CASES]
 
 def images(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """A random batch of the size the model takes (32×32 for models that take any size)."""
-    channels, height, width = serialization.input_size(model)
-    if serialization.model_library(model) == "timm" and not model.pretrained_cfg.get("fixed_input_size"):
+    channels, height, width = input_size(model)
+    if model_library(model) == "timm" and not model.pretrained_cfg.get("fixed_input_size"):
         height = width = 32
     return torch.randn(batch, channels, height, width)
 
@@ -109,10 +111,10 @@ def test_transformers_entry_points_train_and_save_again(tmp_path: Path) -> None:
 
 
 def test_registration_happens_once() -> None:
-    serialization.register_hooks()
+    for _ in range(2):  # transformers is imported: registers at once, and again without complaint
+        after_import(TRANSFORMERS_MODULE, register_loader)
     assert AUTO_QUANTIZER_MAPPING["hf_prune"] is loader.PrunedShapesLoader
     assert AUTO_QUANTIZATION_CONFIG_MAPPING["hf_prune"] is loader.PrunedShapesConfig
-    assert STRIP_HOOKS.count(serialization._record_strip) == 1
 
 
 def test_run_in_progress_resumes(tmp_path: Path) -> None:
@@ -134,10 +136,15 @@ def test_run_in_progress_resumes(tmp_path: Path) -> None:
     assert resumed.pruning_level == controller.pruning_level > 0.1
     assert all(torch.equal(resumed.group_masks()[g], m) for g, m in controller.group_masks().items())
     other = timm.create_model("test_resnet", num_classes=10, channels=(16, 32, 48, 64))
-    with pytest.raises(hf_prune.PruningStateError, match=r"pruning_state\.pt: pruning state does not match"):
+    with pytest.raises(hf_prune.PruningStateError, match=r"pruning_state\.pt belongs to another model: ResNet with "
+                                                         r"pruning groups of sizes \[.*\], not ResNet with"):
         load_pruning_controller(other, tmp_path / "run")
     with pytest.raises(hf_prune.PruningStateError, match="missing pruning_state.pt"):
         load_pruning_controller(other, tmp_path)
+    state = torch.load(tmp_path / "run" / STATE_NAME, weights_only=True)
+    torch.save({**state, "format_version": 99}, tmp_path / "run" / STATE_NAME)
+    with pytest.raises(hf_prune.PruningStateError, match=r"pruning_state\.pt: format_version 99, this hf_prune reads"):
+        load_pruning_controller(reloaded, tmp_path / "run")
 
 
 def test_failed_save_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,8 +21,8 @@ from transformers import (
 
 from hf_prune import AnalysisError, HfPruneError
 from hf_prune.app.data import load_digits
-from hf_prune.integrations.distributed import PruningStateError
-from hf_prune.integrations.serialization import STATE_NAME, load_pruning_controller
+from hf_prune.errors import PruningStateError
+from hf_prune.integrations.pruning_state import STATE_NAME, load_pruning_controller
 from hf_prune.integrations.trainer import PruningCallback, PruningTrainer, trainer_model
 from scripts.common import (  # noqa: F401  (single_thread is a fixture)
     PRUNING, StopAfterEpoch, digits, masks_of, same_tensors, single_thread, tiny_resnet, training_args,

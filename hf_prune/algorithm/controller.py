@@ -8,7 +8,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from ..distributed import is_main_process
 from ..errors import NothingPrunableError, PruningLevelError, PruningStateError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
+from ..graph.record import record_strip
 from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
@@ -34,9 +35,6 @@ from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
 
 STRIP_FORMATS = ("native", "zeros")
-STRIP_HOOKS: list[Callable[[nn.Module, "FilterPruningController"], None]] = []
-"""Called with every model :meth:`FilterPruningController.strip_model` strips natively, and its controller
-(integrations register here, e.g. to record the new shapes in a transformers config)."""
 
 
 @dataclass
@@ -334,9 +332,18 @@ class FilterPruningController:
         zero_pruned(self.model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms,
                     standardized=False)
 
+    def summary(self) -> dict[str, Any]:
+        """What a stripped model's pruning record keeps of this controller: the model class, the pruning
+        config and the statistics (without the per-layer table)."""
+        statistics = self.statistics().to_dict()
+        del statistics["layers"]
+        return {"model_class": self.analysis.model_class, "config": self.config.to_dict(), "statistics": statistics}
+
     def strip_model(self, model: nn.Module | None = None, do_copy: bool = False, strip_format: str = "native") -> nn.Module:
         """The model without pruning machinery: ``native`` removes pruned channels physically (same
-        classes, smaller tensors); ``zeros`` keeps shapes with pruned filters zeroed (NNCF's format)."""
+        classes, smaller tensors) and records the new shapes in the model (:func:`~hf_prune.graph.record.record_strip`:
+        a transformers or timm model then saves and reloads stripped); ``zeros`` keeps shapes with pruned
+        filters zeroed (NNCF's format)."""
         if strip_format not in STRIP_FORMATS:
             raise ValueError(f"strip_format must be one of {STRIP_FORMATS}, got {strip_format!r}")
         model = self.model if model is None else model
@@ -347,8 +354,7 @@ class FilterPruningController:
             self._masker.remove()
         if strip_format == "native":
             strip(model, self.analysis.trace, self.leaf_masks())
-            for hook in STRIP_HOOKS:
-                hook(model, self)
+            record_strip(model, self.summary())
             return model
         return zero_pruned(model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms)
 

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import HfPruneError
-from ..integrations.serialization import from_pretrained, saved_record
+from ..graph.record import saved_record
+from ..integrations.serialization import from_pretrained
 from ..model_kind import example_inputs, saved_library
 from ..text import did_you_mean
 

@@ -143,7 +143,7 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     """What a reload needs to rebuild a stripped model from its dense definition.
 
     Lists the shape of every parameter/buffer that differs from ``reference`` (the dense model; all
-    of them when None), the ``groups`` of every grouped convolution and, given ``reference``, every
+    of them when None), the ``groups`` of every convolution grouped in either and, given ``reference``, every
     integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned,
     a timm model's ``num_features``) and the ``feature_info`` channels of each timm model that differ from it.
     """

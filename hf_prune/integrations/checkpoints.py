@@ -139,6 +139,7 @@ def publish_directory(path: str | os.PathLike[str], write: Callable[[Path], Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would make the published directory private
         write(tmp)
         swap_in(tmp, path)
     except BaseException:

@@ -22,9 +22,9 @@ from ..algorithm.controller import FilterPruningController, create_pruning_contr
 from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main, is_main_process
-from ..errors import HfPruneError, PruningStateError
+from ..errors import HfPruneError
 from ..model_kind import example_inputs
-from .serialization import FORMAT_VERSION, _input_shapes
+from .pruning_state import load_pruning_state, pruning_state
 
 EXAMPLE_SEED = 0
 """Seed of the example inputs: every process traces the model on the same values."""
@@ -148,49 +148,16 @@ class PruningRun:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Masks and schedule position, with the config and model signature they belong to.
-
-        A superset of :func:`~hf_prune.integrations.serialization.save_pruning_state`'s layout, so
-        ``load_pruning_controller`` also reads it from a checkpoint.
-        """
-        return {"format_version": FORMAT_VERSION, **self._signature(), "controller": self.controller.state_dict(),
-                "example_inputs": _input_shapes(self.controller.analysis.example_inputs)}
+        """The controller's :func:`~.pruning_state.pruning_state` (masks and schedule position, with the
+        config and model signature they belong to)."""
+        return pruning_state(self.controller)
 
     def load_state_dict(self, state: Mapping[str, Any], source: str | os.PathLike[str] | None = None) -> None:
         """Restore :meth:`state_dict`; :class:`PruningStateError` if it belongs to another model or config."""
-        where = f" in {os.fspath(source)}" if source is not None else ""
-        if not isinstance(state, Mapping) or state.get("format_version") != FORMAT_VERSION:
-            raise PruningStateError(f"no hf_prune pruning state{where} (format_version {FORMAT_VERSION} expected)")
-        mine = self._signature()
-        if "groups" in state and (state["model_class"], state["groups"]) != (mine["model_class"], mine["groups"]):
-            raise PruningStateError(
-                f"the pruning state{where} belongs to another model: {state['model_class']} with pruning groups "
-                f"of sizes {list(state['groups'].values())}, not {mine['model_class']} with "
-                f"{list(mine['groups'].values())}")
-        if diff := _differences(state["config"], mine["config"]):
-            raise PruningStateError(f"the pruning state{where} was saved with another pruning config: "
-                                    + "; ".join(f"{key}: {saved!r} saved, {now!r} now" for key, saved, now in diff))
-        try:
-            self.controller.load_state_dict(state["controller"])
-        except PruningStateError as exc:  # a state without model signature (serialization.save_pruning_state)
-            raise PruningStateError(f"the pruning state{where} does not fit this model: {exc}") from None
-
-    def _signature(self) -> dict[str, Any]:
-        return {
-            "model_class": type(self.model).__name__,
-            "groups": {gid: group.size for gid, group in self.controller.groups.items()},
-            "config": self.config.to_dict(),
-        }
+        load_pruning_state(self.controller, state, source)
 
     def _sync_masks(self) -> None:
         state = broadcast_from_main(self.controller.state_dict() if is_main_process() else None)
         if not is_main_process():
             self.controller.load_state_dict(state)
 
-
-def _differences(saved: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, saved value, current value)`` for every leaf where two config dicts differ."""
-    if isinstance(saved, Mapping) and isinstance(now, Mapping):
-        return [diff for key in sorted(saved.keys() | now.keys())
-                for diff in _differences(saved.get(key), now.get(key), f"{prefix}{key}.")]
-    return [] if saved == now else [(prefix.rstrip("."), saved, now)]

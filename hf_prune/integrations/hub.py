@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..algorithm.controller import FilterPruningController
+from ..graph.record import dense_reference, model_library, pruning_record
 from ..graph.surgery import resize_to_spec, shape_spec
+from ..model_kind import input_size
 from ..text import markdown_table
-from .serialization import (
-    dense_reference, ensure_stripped, input_size, logits, model_library, pruning_record, save_pretrained,
-)
+from .serialization import ensure_stripped, logits, save_pretrained
 
 __all__ = ["TAGS", "model_card", "model_statistics", "push_to_hub"]
 
@@ -129,13 +129,15 @@ def _recipe_text(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[st
 
 def _usage(repo_id: str, library: str) -> str:
     if library == "transformers":
-        code = ("import hf_prune  # registers the loader of pruned shapes\n"
-                "from transformers import AutoModelForImageClassification\n\n"
+        code = ("from transformers import AutoModelForImageClassification\n\n"
                 f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")')
+        how = ("`pip install hf_prune`, then load the model with transformers as usual: installing hf_prune "
+               "registers its loader (with `HF_PRUNE_NO_AUTOLOAD=1` set, `import hf_prune` first). Without "
+               "hf_prune, transformers cannot load these weights.")
     else:
         code = f'import hf_prune\n\nmodel = hf_prune.from_pretrained("{repo_id}")'
-    return (f"## Usage\n\nThe stripped shapes are rebuilt by hf_prune (`pip install hf_prune`); without "
-            f"`import hf_prune`, transformers cannot load these weights.\n\n```python\n{code}\n```")
+        how = "`pip install hf_prune`."
+    return f"## Usage\n\nThe stripped shapes are rebuilt by hf_prune: {how}\n\n```python\n{code}\n```"
 
 
 def model_card(model: nn.Module, repo_id: str, *, base_model: str | None = None,

@@ -6,9 +6,9 @@ built model to the recorded shapes there, so ``AutoModel*.from_pretrained(dir)``
 and a Trainer's best-model reload return the stripped model; after loading, every trace of
 quantization is removed (the model trains, saves and exports like any other).
 
-Importing this module imports transformers' quantization machinery (seconds): ``import hf_prune``
-registers it only once transformers itself imports that machinery (see
-:func:`hf_prune.integrations.serialization.register_hooks`).
+Importing this module imports transformers' quantization machinery (seconds): it is registered only
+once transformers has imported ``modeling_utils`` (and with it that machinery), by the start-up hook an
+installed hf_prune puts in place (:mod:`hf_prune_autoload`) or by ``import hf_prune``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from . import serialization as s
+from ..graph.record import CONFIG_NAME, QUANT_METHOD, narrow, set_record
+from .weights import check_weights, weight_files
 
 if TYPE_CHECKING:  # not at run time: this module is imported while transformers.modeling_utils is
     from transformers import PreTrainedModel
@@ -35,8 +36,8 @@ class PrunedShapesConfig(QuantizationConfigMixin):
     """The pruning record of a transformers config.json, as transformers' quantization machinery reads it."""
 
     def __init__(self, **record: Any) -> None:
-        self.quant_method = s.QUANT_METHOD
-        self.record = {**record, "quant_method": s.QUANT_METHOD}
+        self.quant_method = QUANT_METHOD
+        self.record = {**record, "quant_method": QUANT_METHOD}
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.record)
@@ -54,18 +55,18 @@ class PrunedShapesLoader(HfQuantizer):
     def _process_model_before_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> None:
         source = str(model.config.name_or_path)
         record = self.quantization_config.record
-        s.narrow(model, record, Path(source) / s.CONFIG_NAME)
+        narrow(model, record, Path(source) / CONFIG_NAME)
         files = kwargs.get("checkpoint_files")  # transformers 5: the resolved files, local or from the Hub
         if files is None and Path(source).is_dir():
-            files = s.weight_files(Path(source))
+            files = weight_files(Path(source))
         if files:
-            s.check_weights(model, [Path(f) for f in files], source, only_recorded=record)
+            check_weights(model, [Path(f) for f in files], source, only_recorded=record)
 
     def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> None:
         self.remove_quantization_config(model)
         for attribute in ("is_quantized", "quantization_method", "hf_quantizer"):
             model.__dict__.pop(attribute, None)
-        s.set_record(model, self.quantization_config.to_dict())
+        set_record(model, self.quantization_config.to_dict())
 
     def is_serializable(self, safe_serialization: bool | None = None) -> bool:
         return True
@@ -77,7 +78,7 @@ class PrunedShapesLoader(HfQuantizer):
 
 def register() -> None:
     """Register the loader with transformers (idempotent)."""
-    if s.QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-        register_quantization_config(s.QUANT_METHOD)(PrunedShapesConfig)
-    if s.QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(s.QUANT_METHOD)(PrunedShapesLoader)
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(PrunedShapesConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(PrunedShapesLoader)

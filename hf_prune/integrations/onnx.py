@@ -30,9 +30,10 @@ from torch import nn
 
 from ..algorithm.controller import FilterPruningController
 from ..errors import HfPruneError
+from ..graph.record import model_library
 from ..graph.surgery import shallow_copy
 from ..model_kind import input_size, random_images
-from .serialization import ensure_stripped, from_pretrained, logits, model_library
+from .serialization import ensure_stripped, from_pretrained, logits
 
 __all__ = ["OnnxExportError", "check_onnx", "export_onnx", "exporter"]
 

@@ -29,14 +29,13 @@ from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main
 from ..errors import HfPruneError, PruningStateError
-from ..files import write_atomic
 from ..model_kind import takes_pixel_values
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
     read_trainer_record, weights_digest,
 )
 from .distributed import PruningRun, as_pruning_config, example_inputs_from_dataset
-from .serialization import STATE_NAME
+from .pruning_state import save_pruning_state
 
 FULLY_COMPRESSED = 2
 
@@ -226,8 +225,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             return
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(checkpoint):
-            state_dict = self.run.state_dict()
-            write_atomic(os.path.join(checkpoint, STATE_NAME), lambda tmp: torch.save(state_dict, tmp))
+            save_pruning_state(self.run.controller, checkpoint)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
