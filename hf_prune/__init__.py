@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "PruningParams": "config",
     "AnalysisError": "errors", "HfPruneError": "errors", "NothingPrunableError": "errors",
     "PruningLevelError": "errors", "PruningStateError": "errors", "ScopeError": "errors",
+    "MissingFileError": "errors", "MissingInputError": "errors", "UnsupportedSetupError": "errors",
     "ModelAnalysis": "graph.analysis", "analyze_model": "graph.analysis",
     "register_op_variant": "graph.canonical", "register_channel_rule": "graph.trace",
     "PruningGroup": "graph.groups", "PruningPolicy": "graph.groups",
@@ -59,8 +60,8 @@ if TYPE_CHECKING:  # names for type checkers and IDEs
     from .algorithm.statistics import PruningStatistics
     from .config import LegrParams, PruningArguments, PruningConfig, PruningConfigError, PruningParams
     from .errors import (
-        AnalysisError, HfPruneError, NothingPrunableError, PrunedModelError, PruningLevelError, PruningStateError,
-        ScopeError,
+        AnalysisError, HfPruneError, MissingFileError, MissingInputError, NothingPrunableError, PrunedModelError,
+        PruningLevelError, PruningStateError, ScopeError, UnsupportedSetupError,
     )
     from .graph.analysis import ModelAnalysis, analyze_model
     from .graph.canonical import register_op_variant

@@ -1,8 +1,7 @@
 """Exceptions raised by hf_prune: one hierarchy under :class:`HfPruneError`, so one ``except`` catches them all.
 
-The errors of one job live next to it (``PruningConfigError`` in :mod:`hf_prune.config`, ``PrunedModelError``
-in :mod:`hf_prune.integrations.serialization`, ``RecipeError`` in :mod:`hf_prune.app.recipes`, ...); those
-every wing may raise are here. Each also subclasses the built-in exception callers would expect
+The errors of one job live next to it (``PruningConfigError`` in :mod:`hf_prune.config`, ``RecipeError`` in
+:mod:`hf_prune.app.recipes`, ...); those every wing may raise are here. Each also subclasses the built-in exception callers would expect
 (``ValueError``, ``FileNotFoundError``, ...).
 """
 
@@ -41,3 +40,7 @@ class MissingFileError(HfPruneError, FileNotFoundError):
 
 class MissingInputError(HfPruneError, ValueError):
     """A step needs an input it was not given (names the argument to pass)."""
+
+
+class UnsupportedSetupError(HfPruneError, RuntimeError):
+    """A training set-up hf_prune cannot drive correctly (says what to change)."""

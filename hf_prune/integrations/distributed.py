@@ -22,7 +22,7 @@ from ..algorithm.controller import FilterPruningController, create_pruning_contr
 from ..algorithm.statistics import PruningStatistics
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main, is_main_process
-from ..errors import HfPruneError
+from ..errors import MissingInputError, UnsupportedSetupError
 from ..model_kind import example_inputs
 from .pruning_state import load_pruning_state, pruning_state
 
@@ -53,7 +53,7 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
         image = sample["pixel_values"] if isinstance(sample, Mapping) else sample[0]
         shape = torch.as_tensor(image).shape
     except (TypeError, KeyError, IndexError, NotImplementedError, RuntimeError, ValueError) as exc:
-        raise HfPruneError(f"cannot take example inputs from {type(dataset).__name__} ({exc!r}): pass "
+        raise MissingInputError(f"cannot take example inputs from {type(dataset).__name__} ({exc!r}): pass "
                            "example_inputs=, e.g. {'pixel_values': torch.randn(1, 3, 224, 224)}") from exc
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
     return example_inputs(model, size=tuple(shape), generator=generator, like=next(model.parameters()))
@@ -62,9 +62,10 @@ def example_inputs_from_dataset(model: nn.Module, dataset: Any) -> torch.Tensor 
 class PruningRun:
     """A :class:`FilterPruningController` driven through one (possibly distributed) training run.
 
-    Build it on the unwrapped model before the model is wrapped for distributed training. Masks are
-    decided on the main process and broadcast; ``state_dict`` carries the config and model signature so
-    that ``load_state_dict`` rejects a checkpoint of another model or config with a clear error.
+    Build it on the unwrapped model before the model is wrapped for distributed training. Every process
+    plans the masks, then the main process's state is broadcast and loaded by the others; ``state_dict`` carries
+    the config and model signature so that ``load_state_dict`` rejects a checkpoint of another model or config
+    with a clear error.
     """
 
     def __init__(self, model: nn.Module, pruning_config: PruningConfig | Mapping[str, Any] | str | os.PathLike[str],
@@ -141,7 +142,7 @@ class PruningRun:
                    if name in shapes and tuple(p.shape) != tuple(shapes[name])]
         if self._stripped or changed:
             where = f" ({changed[0]})" if changed else ""
-            raise HfPruneError(
+            raise UnsupportedSetupError(
                 f"the model was stripped{where}; its optimizer and distributed wrapper still hold the old tensors "
                 "and would silently stop training the new ones. Fine-tune a stripped model with a new "
                 "Trainer / accelerator.prepare, or strip only at the end of training.")

@@ -28,7 +28,7 @@ from ..algorithm.controller import FilterPruningController
 from ..algorithm.ranking import RankingCoefficients
 from ..config import PruningConfig
 from ..distributed import broadcast_from_main
-from ..errors import HfPruneError, PruningStateError
+from ..errors import HfPruneError, MissingInputError, PruningStateError, UnsupportedSetupError
 from ..model_kind import takes_pixel_values
 from .checkpoints import (
     RECORD_KEY, TRAINER_STATE_NAME, decode_state, encode_state, find_record, last_complete_checkpoint,
@@ -107,7 +107,7 @@ class PruningCallback(TrainerCallback, ExportableState):
     def controller(self) -> FilterPruningController:
         """The controller (built at the latest when training begins)."""
         if self.run is None:
-            raise HfPruneError("the pruning controller is built when training begins")
+            raise UnsupportedSetupError("the pruning controller is built when training begins")
         return self.run.controller
 
     def install(self, trainer: Trainer) -> PruningCallback:
@@ -134,7 +134,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.run.check_trainable()
         record = read_trainer_record(checkpoint)
         if record is None:
-            raise HfPruneError(f"{checkpoint} has no pruning state in {TRAINER_STATE_NAME}: it was not written by "
+            raise PruningStateError(f"{checkpoint} has no pruning state in {TRAINER_STATE_NAME}: it was not written by "
                                "a pruning run (or its save was cut short), so its masks and schedule position "
                                "cannot be restored")
         self._restore(record, checkpoint, check_weights)
@@ -173,7 +173,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if state.global_step > 0:
             record = find_record(state.stateful_callbacks or {})
             if record is None:
-                raise HfPruneError(f"the checkpoint resumed at step {state.global_step} has no pruning state in its "
+                raise PruningStateError(f"the checkpoint resumed at step {state.global_step} has no pruning state in its "
                                    f"{TRAINER_STATE_NAME}: it was not written by a pruning run, so its masks and "
                                    "schedule position cannot be restored")
             self._restore(record, f"the checkpoint of step {state.global_step}", check_weights=True)
@@ -187,7 +187,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if not extra.requires_grad:  # regularization_weight 0
             return output
         if not (isinstance(output, Mapping) and output.get("loss") is not None):
-            raise HfPruneError(
+            raise UnsupportedSetupError(
                 f"regularization_weight > 0 but {type(module).__name__}'s output has no 'loss' to add the pruning "
                 "loss to: set callback.adds_loss = False and add callback.run.loss() in your compute_loss")
         output["loss"] = output["loss"] + extra
@@ -239,7 +239,7 @@ class PruningCallback(TrainerCallback, ExportableState):
 
 def _check_arguments(args: TrainingArguments) -> None:
     if args.restore_callback_states_from_checkpoint:
-        raise HfPruneError(
+        raise UnsupportedSetupError(
             "restore_callback_states_from_checkpoint=True would replace the PruningCallback by a new one without "
             "its controller; the pruning state is restored from the checkpoint anyway: leave it False")
 
@@ -345,7 +345,7 @@ class PruningTrainer(Trainer):
         """LeGR's search with this trainer's data: each candidate is fine-tuned ``legr_params.train_steps``
         steps (SGD at ``args.learning_rate``) and rewarded with minus the evaluation loss."""
         if self.eval_dataset is None:
-            raise HfPruneError("learned_ranking needs eval_dataset=: the LeGR reward is minus the evaluation loss")
+            raise MissingInputError("learned_ranking needs eval_dataset=: the LeGR reward is minus the evaluation loss")
         model, train_loader, eval_loader = self.model, self.get_train_dataloader(), self.get_eval_dataloader()
 
         def train_fn(_: nn.Module, steps: int) -> None:
@@ -397,7 +397,7 @@ class PruningTrainer(Trainer):
                             "it accepts repo_id, recipe, base_model (or finetuned_from)")
         repo_id = kwargs.get("repo_id") or self.args.hub_model_id
         if not repo_id:
-            raise HfPruneError("push_to_hub needs TrainingArguments(hub_model_id=...) (or repo_id=)")
+            raise MissingInputError("push_to_hub needs TrainingArguments(hub_model_id=...) (or repo_id=)")
         if not self.is_world_process_zero():
             return None
         token = token or self.args.hub_token
