@@ -1,0 +1,178 @@
+"""Channels under normalization (LayerNorm, RMSNorm, GRN) are pruned exactly: while masks are active the norm
+takes its statistics over the kept channels, as the stripped norm does (hf_prune.graph.norms)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import (
+    AutoModelForImageClassification, ConvNextV2Config, ConvNextV2ForImageClassification, ViTConfig,
+    ViTForImageClassification,
+)
+
+import hf_prune
+from hf_prune.graph.norms import norm_kind
+
+from conftest import randomize_norms
+
+EMBEDDING = {"params": {"prune_first_conv": True, "prune_downsample_convs": True, "channel_multiple": 1}}
+"""The patch embedding / stem is a first (and strided) convolution: NNCF's defaults keep its filters."""
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {  # builder, image size
+    "test_vit": (lambda: timm.create_model("test_vit", num_classes=10), 160),
+    "test_vit_rmsnorm": (lambda: timm.create_model("test_vit", norm_layer="rmsnorm", num_classes=10), 160),
+    "vit_tiny": (lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10), 64),
+    "test_convnext": (lambda: timm.create_model("test_convnext", num_classes=10), 160),
+    "convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=10), 64),
+    "convnextv2_atto": (lambda: timm.create_model("convnextv2_atto", num_classes=10), 64),
+    "hf_vit": (lambda: ViTForImageClassification(ViTConfig(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, num_labels=10)), 32),
+    "hf_convnextv2": (lambda: ConvNextV2ForImageClassification(ConvNextV2Config(
+        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10)), 64),
+}
+VIT_FAMILY = {"test_vit", "test_vit_rmsnorm", "vit_tiny", "hf_vit"}
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(pixel_values=x) if isinstance(model, nn.Module) and hasattr(model, "config") else model(x)
+    return getattr(out, "logits", out)
+
+
+def _inputs(model: nn.Module, x: torch.Tensor) -> Any:
+    return {"pixel_values": x} if hasattr(model, "config") else x
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _assert_exact(model: nn.Module, ctrl, x: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        masked = _logits(model, x)
+        small = ctrl.strip_model(model, do_copy=True)
+        out = _logits(small, x)
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max().clamp_min(1e-6), "stripped != masked"
+    return small
+
+
+def _norm_widths(model: nn.Module) -> dict[str, int]:
+    return {n: m.weight.numel() for n, m in model.named_modules() if norm_kind(m)}
+
+
+def test_linear_under_layernorm_strips_exactly():
+    torch.manual_seed(0)
+    model = randomize_norms(nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4)).eval())
+    x = torch.randn(4, 8)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"channel_multiple": 1}}, example_inputs=x[:1])
+    group = next(g for g in ctrl.groups.values() if g.producers == ["0"])
+    assert {(m.param, m.role) for m in group.members} >= {("1.weight", "channel"), ("1.bias", "channel")}
+    ctrl.set_pruning_level(0.5)
+    small = _assert_exact(model, ctrl, x)
+    assert small[1].normalized_shape == (8,) and small[1].weight.shape == (8,) and small[0].out_features == 8
+    with torch.no_grad():  # the norm's own output (statistics over every channel) is not what the strip computes
+        ctrl._masker.remove()
+        assert (model(x) - small(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_embedding_dimension_is_pruned_exactly(name):
+    build, size = MODELS[name]
+    torch.manual_seed(0)
+    model = randomize_norms(build()).eval()
+    x = torch.randn(2, 3, size, size)
+    ctrl = hf_prune.create_pruning_controller(model, EMBEDDING, example_inputs=_inputs(model, x[:1]))
+    assert ctrl.analysis.trace.norms, "no normalization over channels was recognized"
+    normalized = {r.module for r in ctrl.analysis.trace.norms}
+    stem = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))  # patch embedding / stem
+    group = next(g for g in ctrl.analysis.groups if stem in g.producers)
+    assert group.prunable, group.reasons
+    assert {m.module for m in group.members} & normalized, "the embedding group has no norm member"
+    for level in (0.3, 0.5):
+        ctrl.set_pruning_level(level)
+        small = _assert_exact(model, ctrl, x)
+        assert _params(small) == round(ctrl.current_params)
+    widths, dense = _norm_widths(small), _norm_widths(model)
+    assert any(widths[n] < dense[n] for n in normalized)
+    ctrl.set_pruning_level(0.3)
+    kept = _params(ctrl.strip_model(model, do_copy=True)) / _params(model)
+    if name in VIT_FAMILY:
+        assert kept <= 0.75, f"{name} keeps {kept:.2f} of its parameters at 30% of filters"
+
+
+def test_grn_mlp_is_pruned():
+    """ConvNeXt-V2's MLP hidden units under GRN ("reduced over by aten.mean in ...grn" before) are prunable
+    with NNCF's defaults."""
+    model = randomize_norms(timm.create_model("convnextv2_atto", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"channel_multiple": 1}}, example_inputs=x[:1])
+    fc1 = next(g for g in ctrl.analysis.groups if g.producers == ["stages.0.blocks.0.mlp.fc1"])
+    assert fc1.prunable, fc1.reasons
+    assert "stages.0.blocks.0.mlp.grn.weight" in {m.param for m in fc1.members}
+    ctrl.set_pruning_level(0.5)
+    _assert_exact(model, ctrl, x)
+
+
+def test_masked_norm_follows_new_masks():
+    """Masks change in place over a schedule: the norm's statistics follow them."""
+    model = randomize_norms(timm.create_model("test_vit", num_classes=10)).eval()
+    x = torch.randn(2, 3, 160, 160)
+    ctrl = hf_prune.create_pruning_controller(model, EMBEDDING, example_inputs=x[:1])
+    for level in (0.5, 0.2, 0.0):
+        ctrl.set_pruning_level(level)
+        _assert_exact(model, ctrl, x)
+
+
+@pytest.mark.parametrize("name", ["test_vit", "convnextv2_atto"])
+def test_timm_save_reload(tmp_path: Path, name: str):
+    build, size = MODELS[name]
+    model = randomize_norms(build()).eval()
+    x = torch.randn(2, 3, size, size)
+    ctrl = hf_prune.create_pruning_controller(model, EMBEDDING, example_inputs=x[:1])
+    ctrl.set_pruning_level(0.3)
+    small = ctrl.strip_model(model, do_copy=True)
+    hf_prune.save_pretrained(small, tmp_path / "m")
+    loaded = hf_prune.from_pretrained(tmp_path / "m").eval()
+    assert _norm_widths(loaded) == _norm_widths(small)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
+
+
+def test_transformers_save_reload(tmp_path: Path):
+    build, size = MODELS["hf_vit"]
+    model = randomize_norms(build()).eval()
+    x = torch.randn(2, 3, size, size)
+    ctrl = hf_prune.create_pruning_controller(model, EMBEDDING, example_inputs={"pixel_values": x[:1]})
+    ctrl.set_pruning_level(0.3)
+    small = ctrl.strip_model(model, do_copy=True)
+    assert small.vit.layernorm.normalized_shape[0] < model.config.hidden_size
+    small.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x).logits, small(pixel_values=x).logits, rtol=0, atol=0)
+
+
+class _FunctionalNorm(nn.Module):
+    """A block normalizing with ``F.layer_norm`` inside its own forward (no norm module to mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(F.layer_norm(self.fc1(x), (16,)))
+
+
+def test_statistics_outside_norm_modules_are_refused_with_the_reason():
+    analysis = hf_prune.analyze_model(_FunctionalNorm().eval(), torch.randn(1, 8))
+    assert any("normalized over by LayerNorm (aten.native_layer_norm in <model>)" in r
+               for r in analysis.unprunable_layers["fc1"]), analysis.unprunable_layers
+    plain = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, elementwise_affine=False), nn.Linear(16, 4)).eval()
+    reasons = hf_prune.analyze_model(plain, torch.randn(1, 8)).unprunable_layers["0"]
+    assert any("normalized over by LayerNorm (aten.native_layer_norm in 1)" in r for r in reasons), reasons
