@@ -175,4 +175,5 @@ def test_statistics_outside_norm_modules_are_refused_with_the_reason():
                for r in analysis.unprunable_layers["fc1"]), analysis.unprunable_layers
     plain = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, elementwise_affine=False), nn.Linear(16, 4)).eval()
     reasons = hf_prune.analyze_model(plain, torch.randn(1, 8)).unprunable_layers["0"]
-    assert any("normalized over by LayerNorm (aten.native_layer_norm in 1)" in r for r in reasons), reasons
+    assert any("normalized over by LayerNorm (aten.native_layer_norm in 1): a LayerNorm without weight" in r
+               for r in reasons), reasons

@@ -109,30 +109,37 @@ class NormRecord:
 @dataclass
 class NormTracker:
     """Trace-time bookkeeping: statistics over channels inside known normalization modules are held back
-    (:meth:`defer`) and, once the trace is complete, accepted as a :class:`NormRecord` or blocked (:meth:`finish`)."""
+    (:meth:`normalized`) and, once the trace is complete, accepted as a :class:`NormRecord` or blocked (:meth:`finish`)."""
 
     kinds: dict[str, str]
+    weightless: set[str] = field(default_factory=set)  # LayerNorms without weight
     inputs: dict[str, list[list[Label]]] = field(default_factory=dict)  # labels of each call's first input
     deferred: list[tuple[str, Label, str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, model: nn.Module) -> "NormTracker":
-        kinds = {}
+        kinds, weightless = {}, set()
         for name, m in model.named_modules():
             kind = norm_kind(m)
             if kind is not None:
                 kinds[name] = kind
-        return cls(kinds)
+            elif isinstance(m, nn.LayerNorm):
+                weightless.add(name)
+        return cls(kinds, weightless)
 
     def enter(self, module: str, labels: list[Label]) -> None:
         self.inputs.setdefault(module, []).append(labels)
 
-    def defer(self, module: str, label: Label, reason: str) -> bool:
-        """Hold back blocking ``label`` (statistics over it in ``module``) if ``module`` is a known norm."""
-        if module not in self.kinds or not label:
-            return False
-        self.deferred.append((module, label, reason))
-        return True
+    def normalized(self, table: SpaceTable, module: str, label: Label, reason: str) -> None:
+        """Statistics over ``label`` computed in ``module``: held back if ``module`` is a known norm (see
+        :meth:`finish`), else the space is blocked."""
+        if module in self.kinds and label:
+            self.deferred.append((module, label, reason))
+        elif module in self.weightless:
+            table.block_label(label, f"{reason}: a LayerNorm without weight (elementwise_affine=False) keeps its "
+                                     "width in no parameter, so its channels are not pruned")
+        else:
+            table.block_label(label, reason)
 
     def finish(self, table: SpaceTable, param_labels: dict[str, list[Label]],
                classes: dict[str, str]) -> list[NormRecord]:

@@ -229,8 +229,7 @@ class _Tracer(TorchDispatchMode):
 
     def normalized(self, label: Label, reason: str) -> None:
         """Statistics over ``label``: blocks it, unless a known normalization module computes them."""
-        if not self.norms.defer(self.module, label, reason):
-            self.table.block_label(label, reason)
+        self.norms.normalized(self.table, self.module, label, reason)
 
     def block_all(self, tensors: list[torch.Tensor], reason: str) -> None:
         for t in tensors:
