@@ -177,3 +177,16 @@ def test_statistics_outside_norm_modules_are_refused_with_the_reason():
     reasons = hf_prune.analyze_model(plain, torch.randn(1, 8)).unprunable_layers["0"]
     assert any("normalized over by LayerNorm (aten.native_layer_norm in 1): a LayerNorm without weight" in r
                for r in reasons), reasons
+
+
+def test_timm_attention_pool_keeps_the_width_reset_classifier_builds():
+    """timm's ViT with an attention pool rebuilds its classifier at ``embed_dim``: the pool's output (under its
+    own LayerNorm, prunable as such) and the residual it reads keep their width, with the reason."""
+    model = timm.create_model("test_vit3").eval()
+    analysis = hf_prune.analyze_model(model, torch.randn(1, 3, 160, 160),
+                                      policy=hf_prune.graph.groups.PruningPolicy(True, True))
+    reasons = {tuple(g.producers[:2]): g.reasons for g in analysis.groups}
+    assert any("reset_classifier builds a classifier of embed_dim (96)" in r
+               for r in reasons[("attn_pool.mlp.fc2", "attn_pool.proj")])
+    assert any("channels read by attn_pool" in r for r in reasons[("blocks.0.attn.proj", "blocks.0.mlp.fc2")])
+    assert reasons[("attn_pool.mlp.fc1",)] == []
