@@ -20,6 +20,7 @@ import hf_prune
 from hf_prune.graph.norms import norm_kind
 
 from conftest import randomize_norms
+from models import HF_MODELS
 
 EMBEDDING = {"params": {"prune_first_conv": True, "prune_downsample_convs": True, "channel_multiple": 1}}
 """The patch embedding / stem is a first (and strided) convolution: NNCF's defaults keep its filters."""
@@ -34,10 +35,11 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {  # builder, image siz
     "hf_vit": (lambda: ViTForImageClassification(ViTConfig(
         image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, num_labels=10)), 32),
+    "hf_clip": (HF_MODELS["hf_clip"], 32),  # position embeddings are an nn.Embedding: its width is pruned too
     "hf_convnextv2": (lambda: ConvNextV2ForImageClassification(ConvNextV2Config(
         hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10)), 64),
 }
-VIT_FAMILY = {"test_vit", "test_vit_rmsnorm", "vit_tiny", "hf_vit"}
+VIT_FAMILY = {"test_vit", "test_vit_rmsnorm", "vit_tiny", "hf_vit", "hf_clip"}
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +102,9 @@ def test_embedding_dimension_is_pruned_exactly(name):
         assert _params(small) == round(ctrl.current_params)
     widths, dense = _norm_widths(small), _norm_widths(model)
     assert any(widths[n] < dense[n] for n in normalized)
+    for m in small.modules():
+        if isinstance(m, nn.Embedding):
+            assert (m.num_embeddings, m.embedding_dim) == tuple(m.weight.shape)
     ctrl.set_pruning_level(0.3)
     kept = _params(ctrl.strip_model(model, do_copy=True)) / _params(model)
     if name in VIT_FAMILY:

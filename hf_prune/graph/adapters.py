@@ -20,7 +20,8 @@ from torch import nn
 
 from ..model_kind import library_of
 
-WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                nn.Embedding)
 """Layers whose width attributes :func:`refresh_attributes` derives from their weights."""
 
 _PER_HEAD_WORDS = ("dim", "size", "width")
@@ -39,6 +40,8 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         ref = module.weight if module.weight is not None else module.running_mean
         if ref is not None:

@@ -181,6 +181,7 @@ class _Tracer(TorchDispatchMode):
             aten.split: self._split, aten.split_with_sizes: self._split, aten.unbind: self._unbind,
             aten.constant_pad_nd: self._pad, aten.copy_: self._pointwise,
             aten.as_strided: self._restride, aten.as_strided_: self._restride, aten.index: self._index,
+            aten.embedding: self._embedding,
         }
         for ops, rule in ((_IDENTITY, self._identity), (_ELEMENTWISE, self._pointwise), (_VIEW_LIKE, self._reshape),
                           (_SPATIAL_OPS, self._spatial),
@@ -555,6 +556,12 @@ class _Tracer(TorchDispatchMode):
             self.block_all([t], f"indexed irregularly by {where}")
             labels = self.fresh(out, f"produced by {where}")
         self.set(out, labels, op=self.last_op)
+
+    def _embedding(self, func, args, kwargs, out):
+        """A lookup table's rows (``nn.Embedding``: position embeddings): its width is a channel dimension."""
+        w, idx = self.info(args[0]), self.info(args[1])
+        self.table.block_label(w.labels[0], f"indexed by {self.where(self.last_op)}")
+        self.set(out, list(idx.labels) + [w.labels[1]], op=self.last_op)
 
     def _gather_labels(self, x: TensorInfo, indexed: list[int], n: int, out: torch.Tensor,
                        where: str) -> list[Label] | None:
