@@ -215,11 +215,12 @@ def _attention_pool_widths(trace: ModelTrace, model: nn.Module) -> dict[int, tup
     classifier's input) and the residual width it reads must both stay what they are."""
     T = trace.table
     out: dict[int, tuple[str, bool, str]] = {}
-    names = {m: n for n, m in model.named_modules()}
+    names: dict[nn.Module, str] = {}
     for path, m in model.named_modules():
         pool = getattr(m, "attn_pool", None)
         if not isinstance(pool, nn.Module) or type(getattr(m, "embed_dim", None)) is not int or not is_timm_model(m):
             continue
+        names = names or {m: n for n, m in model.named_modules()}
         name, cls = names[pool], type(m).__name__
         why = (f"timm's {cls}.reset_classifier builds a classifier of embed_dim ({m.embed_dim}) inputs, which must "
                f"stay the width of the attention pool {name} ({type(pool).__name__}) and of the residual it reads")
