@@ -195,3 +195,17 @@ def test_timm_attention_pool_keeps_the_width_reset_classifier_builds():
                for r in reasons[("attn_pool.mlp.fc2", "attn_pool.proj")])
     assert any("channels read by attn_pool" in r for r in reasons[("blocks.0.attn.proj", "blocks.0.mlp.fc2")])
     assert reasons[("attn_pool.mlp.fc1",)] == []
+
+
+def test_pruned_channels_get_no_gradient_through_the_norms():
+    """Nothing downstream reads a pruned channel, the masked norms' statistics included: its filters get zero
+    gradient (as everywhere else in hf_prune), the kept ones do not."""
+    model = randomize_norms(timm.create_model("test_vit", num_classes=10)).eval()
+    x = torch.randn(2, 3, 160, 160)
+    ctrl = hf_prune.create_pruning_controller(model, EMBEDDING, example_inputs=x[:1])
+    ctrl.set_pruning_level(0.5)
+    info = next(i for i in ctrl.pruned_module_groups_info.get_all_nodes() if i.param == "patch_embed.proj.weight")
+    model(x).logsumexp(-1).sum().backward()
+    grad = model.patch_embed.proj.weight.grad.flatten(1).abs().sum(1)
+    keep = ctrl.get_mask(info)
+    assert not keep.all() and bool((grad[~keep] == 0).all()) and bool((grad[keep] > 0).all())
