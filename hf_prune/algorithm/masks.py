@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..graph.analysis import remove_forward_hooks
 from ..graph.norms import NormMaskHook, NormRecord
@@ -69,7 +70,7 @@ class WeightMasker:
 
     def __init__(self) -> None:
         self._hooks: dict[nn.Module, tuple[_MaskHook, list]] = {}
-        self._norm_hooks: dict[str, tuple[NormMaskHook, object]] = {}
+        self._norm_hooks: dict[str, tuple[NormMaskHook, RemovableHandle]] = {}
 
     def apply(self, model: nn.Module, masks: dict[str, torch.Tensor],
               norms: dict[str, tuple[NormRecord, torch.Tensor]] | None = None) -> None:
