@@ -79,12 +79,12 @@ _BY_NAME = (("globalresponsenorm", "GRN"), ("grn", "GRN"), ("rmsnorm", "RMSNorm"
 def norm_kind(module: nn.Module) -> str | None:
     """The kind (a key of :data:`NORM_KINDS`) of a channel-normalization module with a ``weight``, else None.
 
-    ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
+    The weight must be a parameter. ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
     and ``nn.RMSNorm`` by type; others by class name (timm ``RmsNorm`` / ``RmsNorm2d`` / ``GlobalResponseNorm``,
     transformers' ``*LayerNorm`` / ``*RMSNorm`` / ``*GRN``). A name that matches a class computing something
     else (Gemma's ``1 + weight``) is caught by the strip proof and refused there.
     """
-    if not isinstance(getattr(module, "weight", None), torch.Tensor):
+    if module._parameters.get("weight") is None:
         return None
     if isinstance(module, nn.LayerNorm):
         return "LayerNorm"
