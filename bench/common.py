@@ -15,9 +15,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-if str(ROOT) not in sys.path:  # scripts run as `python bench/<script>.py` from the repo root
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests"):  # scripts run as `python bench/<script>.py` from the repo root
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+from conftest import randomize_norms  # noqa: E402,F401  (the tests' own: random norms and layer scales)
 from hf_prune.files import write_text_atomic  # noqa: E402  (after the path set-up above)
 from hf_prune.text import markdown_table  # noqa: E402
 
@@ -27,13 +29,24 @@ Column = tuple[str, str, str]
 """(row key, markdown header, format spec); a spec of '' means ``str``."""
 
 
-def timed(name: str, fn: Callable[[], Any]) -> Timer:
-    """A timer measuring one call of ``fn`` as ``name``."""
+def timed(name: str, fn: Callable[[], Any], device: Any = None) -> Timer:
+    """A timer measuring one call of ``fn`` as ``name``, in seconds: CUDA events around it where ``device``
+    is a CUDA ``torch.device``, the wall clock otherwise."""
 
     def run() -> dict[str, float]:
-        start = time.perf_counter()
+        if getattr(device, "type", None) != "cuda":
+            start = time.perf_counter()
+            fn()
+            return {name: time.perf_counter() - start}
+        import torch
+
+        torch.cuda.synchronize(device)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         fn()
-        return {name: time.perf_counter() - start}
+        end.record()
+        end.synchronize()
+        return {name: begin.elapsed_time(end) / 1e3}
 
     return run
 
@@ -63,11 +76,6 @@ def minima(samples: Mapping[str, list[float]], suffix: str = "_min") -> dict[str
     return {name + suffix: min(values) for name, values in samples.items()}
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median seconds of one call of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
-    return statistics.median(alternate([timed("t", fn)], repeats, warmup)["t"])
-
-
 def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
     """A randomly initialised timm model (no download), with torch set to ``threads`` threads."""
     import timm
@@ -78,36 +86,19 @@ def timm_model(name: str, threads: int = 2, seed: int = 0) -> Any:
     return timm.create_model(name, pretrained=False)
 
 
-def randomize_norms(model: Any, seed: int = 0) -> Any:
-    """Random affine parameters and running statistics for every norm layer (same seed, same values).
-
-    timm zero-initialises the last BatchNorm gamma of residual branches: on random weights whole
-    branches would vanish (and an exporter would fold them away).
-    """
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-                for name, low, span in (("weight", 0.5, 1.0), ("bias", -0.5, 1.0), ("running_mean", -0.2, 0.4),
-                                        ("running_var", 0.5, 1.0)):
-                    t = getattr(module, name, None)
-                    if t is not None:
-                        t.copy_(torch.rand(t.shape, generator=g) * span + low)
-    return model
-
-
 def parse_args(description: str, models: Sequence[str], quick_models: Sequence[str], repeats: int,
-               quick_repeats: int) -> argparse.Namespace:
-    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats)."""
+               quick_repeats: int, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--models``, ``--repeats``, ``--threads`` and ``--quick`` (quick defaults for models and repeats),
+    and the options ``extra`` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--models", nargs="+", help=f"timm model names (default: {' '.join(models)}; "
                                                      f"--quick: {' '.join(quick_models)})")
     parser.add_argument("--repeats", type=int, help=f"timed repeats (default {repeats}; --quick: {quick_repeats})")
     parser.add_argument("--quick", action="store_true", help="fewer models and repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--suffix", default="", help="appended to the result file names (e.g. a subset of models)")
     args = parser.parse_args()
     args.load_average_start = [round(x, 2) for x in os.getloadavg()]
     args.models = args.models or list(quick_models if args.quick else models)
@@ -116,8 +107,10 @@ def parse_args(description: str, models: Sequence[str], quick_models: Sequence[s
 
 
 def result_name(base: str, args: argparse.Namespace) -> str:
-    """``base``, suffixed ``_quick`` and ``_<n>t`` for quick runs and non-default thread counts."""
-    return base + ("_quick" if args.quick else "") + (f"_{args.threads}t" if args.threads != 2 else "")
+    """``base``, suffixed ``_quick`` and ``_<n>t`` for quick runs and non-default thread counts, and
+    ``_<suffix>`` where one is given."""
+    return (base + ("_quick" if args.quick else "") + (f"_{args.threads}t" if args.threads != 2 else "")
+            + (f"_{args.suffix}" if getattr(args, "suffix", "") else ""))
 
 
 def environment() -> dict[str, Any]:

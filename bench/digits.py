@@ -13,6 +13,7 @@ import common  # noqa: F401 - puts the repo root on sys.path
 import hf_prune
 from hf_prune.algorithm.bn_adaptation import adapt_batchnorm
 from hf_prune.app.data import DigitsSplits, load_digits
+from hf_prune.model_kind import takes_pixel_values
 
 IMAGE_SIZE = 32
 
@@ -22,7 +23,7 @@ def data() -> DigitsSplits:
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(pixel_values=x) if hasattr(model, "config") else model(x)
+    out = model(pixel_values=x) if takes_pixel_values(model) else model(x)
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -71,7 +72,7 @@ def prune_and_finetune(dense: torch.nn.Module, splits: DigitsSplits, config: dic
     model = copy.deepcopy(dense)
     example = splits.train[0]["pixel_values"][None]
     ctrl = hf_prune.create_pruning_controller(
-        model, config, example_inputs={"pixel_values": example} if hasattr(model, "config") else example)
+        model, config, example_inputs={"pixel_values": example} if takes_pixel_values(model) else example)
     if before_training is not None:
         before_training(ctrl)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

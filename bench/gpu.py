@@ -8,7 +8,8 @@ the config (``deploy_device``/``deploy_dtype``), then the models move to the dev
   FLOPs vs its dense copy, bf16 autocast, channels_last for CNNs;
 - infer: forward of the dense model vs the stripped one, in bf16, channels_last, under inference_mode,
   for 50% FLOPs with NNCF's default multiple 8, with ``channel_multiple: auto``, with auto and every
-  group (first and downsample convs too, CNNs), and for ``pruning_latency_target`` 0.6.
+  group (first and downsample convs too, CNNs), and for ``pruning_latency_target`` 0.6 (one level in
+  every group, and with ``all_weights``: channels where the latency table says they save most).
 
 Timing: CUDA events after a device synchronize (wall clock on CPU), dense and pruned alternating
 (the order swaps every round), medians. ``--device cpu --quick`` runs tiny settings anywhere.
@@ -25,7 +26,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from common import Column, Timer, alternate, medians, randomize_norms, write_results
+from common import Column, alternate, medians, randomize_norms, timed, write_results
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     f"latency {LATENCY_TARGET}": {"pruning_latency_target": LATENCY_TARGET, "channel_multiple": "auto",
                                   "prune_first_conv": True, "prune_downsample_convs": True},
 }
+VARIANTS[f"latency {LATENCY_TARGET}, per group"] = {**VARIANTS[f"latency {LATENCY_TARGET}"], "all_weights": True}
 COLUMNS: list[Column] = [
     ("model", "model", ""), ("run", "run", ""), ("batch", "batch", "d"), ("groups", "#groups", "d"),
     ("flops_reduction", "FLOPs removed", ".1%"), ("dense_ms", "dense (ms)", ".2f"), ("pruned_ms", "pruned (ms)", ".2f"),
@@ -72,23 +74,6 @@ def parse_args() -> argparse.Namespace:
     args.dtype = torch.bfloat16 if args.device.type == "cuda" else torch.float32
     args.load_average_start = [round(x, 2) for x in os.getloadavg()]
     return args
-
-
-def device_timer(name: str, fn: Callable[[], Any], device: torch.device) -> Timer:
-    """Seconds of one call of ``fn``: CUDA events around it on GPUs, the wall clock on CPU."""
-    def run() -> dict[str, float]:
-        if device.type != "cuda":
-            start = time.perf_counter()
-            fn()
-            return {name: time.perf_counter() - start}
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return {name: start.elapsed_time(end) / 1e3}
-    return run
 
 
 def dense_model(name: str, image_size: int) -> nn.Module:
@@ -138,8 +123,8 @@ def train_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
             optimizer.step()
         return step
 
-    samples = alternate([device_timer("dense_ms", step_of(dense), args.device),
-                         device_timer("pruned_ms", step_of(model), args.device)], args.iterations, warmup=3)
+    samples = alternate([timed("dense_ms", step_of(dense), args.device),
+                         timed("pruned_ms", step_of(model), args.device)], args.iterations, warmup=3)
     samples = {k: [v * 1e3 for v in vs] for k, vs in samples.items()}
     times = medians(samples)
     ratio = median_ratio(samples, "pruned_ms", "dense_ms")
@@ -189,8 +174,8 @@ def infer_row(name: str, run: str, params: dict[str, Any], base: nn.Module, dens
     pruned = on_device(ctrl.strip_model(model, do_copy=True), args, args.dtype).eval()
     setup = time.perf_counter() - start
     with torch.inference_mode():
-        samples = alternate([device_timer("dense_ms", lambda: dense(x), args.device),
-                             device_timer("pruned_ms", lambda: pruned(x), args.device)], args.iterations, warmup=3)
+        samples = alternate([timed("dense_ms", lambda: dense(x), args.device),
+                             timed("pruned_ms", lambda: pruned(x), args.device)], args.iterations, warmup=3)
     samples = {k: [v * 1e3 for v in vs] for k, vs in samples.items()}
     times = medians(samples)
     ratio = median_ratio(samples, "pruned_ms", "dense_ms")
@@ -225,8 +210,9 @@ def main() -> None:
         f"inference_mode; {args.iterations} timed rounds after 3 warm-up rounds, dense and pruned alternating.",
         f"Runs: FLOPs target {FLOPS_TARGET} with NNCF's default multiple 8, with `channel_multiple: auto`, with "
         f"auto plus `prune_first_conv`/`prune_downsample_convs`; `pruning_latency_target: {LATENCY_TARGET}` "
-        "(auto, all groups): predicted/dense from the latency table measured on this device at this batch size "
-        "and dtype, pruned/dense measured. Goals from issue 10 (bf16 batch 256 on H100/H200).",
+        "(auto, all groups; 'per group': with `all_weights`, channels where the table says they save most): "
+        "predicted/dense from the latency table measured on this device at this batch size and dtype, "
+        "pruned/dense measured. Goals from issue 10 (bf16 batch 256 on H100/H200).",
     ]
     meta = {"title": f"hf_prune on {device_name} ({dtype}): mask overhead and stripped-model speed",
             "device": device_name, "dtype": dtype, "image_size": args.image_size, "iterations": args.iterations,

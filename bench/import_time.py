@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import markdown_table
+from common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
 GOAL_S = 1.5
+COLUMNS = [("step", "step (cumulative, in one process)", ""), ("seconds", "seconds", ".3f")]
 STEPS = [
     ("import hf_prune", "import hf_prune"),
     ("hf_prune.PruningConfig", "hf_prune.PruningConfig"),
@@ -38,20 +39,15 @@ def main() -> None:
                                       cwd=ROOT).stdout) for _ in range(REPEATS)]
     rows = [{"step": name, "seconds": round(statistics.median(r[i] for r in runs), 3)}
             for i, (name, _) in enumerate(STEPS)]
-    import torch
     import transformers
 
-    result = {"torch": torch.__version__, "transformers": transformers.__version__, "repeats": REPEATS,
-              "goal_s": GOAL_S, "met": rows[0]["seconds"] < GOAL_S, "rows": rows}
-    out = ROOT / "bench" / "results"
-    (out / "import_time.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [markdown_table(["step (cumulative, in one process)", "seconds"],
-                            [(r["step"], f"{r['seconds']:.3f}") for r in rows]), "", f"Median of {REPEATS} fresh interpreters after `import torch` (torch {torch.__version__}, "
-              f"transformers {transformers.__version__}); each row is the extra time of that first use. "
-              f"Goal: `import hf_prune` < {GOAL_S} s ({'met' if result['met'] else 'not met'}). "
-              "Measured on a shared 2-core CPU."]
-    (out / "import_time.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    met = rows[0]["seconds"] < GOAL_S
+    meta = {"title": "What importing hf_prune costs", "transformers": transformers.__version__,
+            "repeats": REPEATS, "goal_s": GOAL_S, "met": met}
+    notes = [f"Median of {REPEATS} fresh interpreters after `import torch`; each row is the extra time of that "
+             f"first use (transformers {transformers.__version__}). Goal: `import hf_prune` < {GOAL_S} s "
+             f"({'met' if met else 'not met'})."]
+    print(write_results("import_time", rows, COLUMNS, meta, notes).read_text())
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "AnalysisError": "errors", "HfPruneError": "errors", "NothingPrunableError": "errors",
     "PruningLevelError": "errors", "PruningStateError": "errors", "ScopeError": "errors",
     "ModelAnalysis": "graph.analysis", "analyze_model": "graph.analysis",
-    "register_op_variant": "graph.canonical",
+    "register_op_variant": "graph.canonical", "register_channel_rule": "graph.trace",
     "PruningGroup": "graph.groups", "PruningPolicy": "graph.groups",
     "AcceleratedPruner": "integrations.accelerate",
     "push_to_hub": "integrations.hub",
@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # names for type checkers and IDEs
     from .graph.analysis import ModelAnalysis, analyze_model
     from .graph.canonical import register_op_variant
     from .graph.groups import PruningGroup, PruningPolicy
+    from .graph.trace import register_channel_rule
     from .integrations.accelerate import AcceleratedPruner
     from .integrations.hub import push_to_hub
     from .integrations.onnx import OnnxExportError, export_onnx

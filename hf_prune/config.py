@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from .errors import HfPruneError
+from .errors import HfPruneError, MissingFileError
 from .files import write_text_atomic
 from .text import did_you_mean
 
@@ -120,7 +120,7 @@ class PruningParams(_Section):
     interlayer_ranking_type: Literal["unweighted_ranking", "learned_ranking"] = Field(
         "unweighted_ranking", description="How filters of different layers are compared."
     )
-    all_weights: bool = Field(False, description="Rank filters across all groups (importance normalized per group) instead of one level per group; no group pruned beyond 90%.")
+    all_weights: bool = Field(False, description="Rank filters across all groups (importance normalized per group) instead of one level per group; no group pruned beyond 90%. With pruning_latency_target, channels go where the latency table says they save most time per importance lost.")
     prune_first_conv: bool = Field(False, description="Also prune the first convolution.")
     prune_downsample_convs: bool = Field(False, description="Also prune convolutions that downsample.")
     prune_batch_norms: bool = Field(True, description="Zero the norm parameters of pruned channels in the zeros export format (a strip always removes them).")
@@ -346,7 +346,7 @@ class PruningConfig(_Section):
         path = Path(path)
         file_format = _file_format(path)
         if not path.is_file():
-            raise FileNotFoundError(f"pruning config file not found: {path}")
+            raise MissingFileError(f"pruning config file not found: {path}")
         try:
             text = path.read_text(encoding="utf-8")
             data = json.loads(text) if file_format == "json" else yaml.safe_load(text)
@@ -443,17 +443,17 @@ def _hub_file(repo_id: str, subfolder: str | None, revision: str | None, cache_d
         return Path(hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder, revision=revision,
                                     cache_dir=cache_dir, token=token))
     except HFValidationError:
-        raise FileNotFoundError(f"{repo_id}: neither a local directory or file nor a Hub repository id") from None
+        raise MissingFileError(f"{repo_id}: neither a local directory or file nor a Hub repository id") from None
     except LocalEntryNotFoundError as exc:  # offline, and not in the cache
         reason = str(exc).strip().splitlines()[0]
-        raise FileNotFoundError(f"{where}: cannot download {CONFIG_NAME} from the Hub ({reason})") from None
+        raise MissingFileError(f"{where}: cannot download {CONFIG_NAME} from the Hub ({reason})") from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{where}: no such Hub repository (or it is private: pass token=...)") from None
+        raise MissingFileError(f"{where}: no such Hub repository (or it is private: pass token=...)") from None
     except RevisionNotFoundError:
-        raise FileNotFoundError(f"{where}: the Hub repository has no such revision") from None
+        raise MissingFileError(f"{where}: the Hub repository has no such revision") from None
     except EntryNotFoundError:
         missing = f"{subfolder.strip('/')}/{CONFIG_NAME}" if subfolder else CONFIG_NAME
-        raise FileNotFoundError(f"{where}: the Hub repository has no {missing}") from None
+        raise MissingFileError(f"{where}: the Hub repository has no {missing}") from None
 
 
 def _argument_type(annotation: Any) -> tuple[Any, bool]:

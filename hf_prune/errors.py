@@ -1,4 +1,10 @@
-"""Exceptions raised by hf_prune."""
+"""Exceptions raised by hf_prune: one hierarchy under :class:`HfPruneError`, so one ``except`` catches them all.
+
+The errors of one job live next to it (``PruningConfigError`` in :mod:`hf_prune.config`, ``PrunedModelError``
+in :mod:`hf_prune.integrations.serialization`, ``RecipeError`` in :mod:`hf_prune.app.recipes`, ...); those
+every wing may raise are here. Each also subclasses the built-in exception callers would expect
+(``ValueError``, ``FileNotFoundError``, ...).
+"""
 
 
 class HfPruneError(Exception):
@@ -23,3 +29,11 @@ class PruningStateError(HfPruneError, ValueError):
 
 class ScopeError(HfPruneError, ValueError):
     """``ignored_scopes`` / ``target_scopes`` name modules the model does not have."""
+
+
+class MissingFileError(HfPruneError, FileNotFoundError):
+    """A file, directory or Hub repository hf_prune was pointed at does not exist (names it)."""
+
+
+class MissingInputError(HfPruneError, ValueError):
+    """A step needs an input it was not given (names the argument to pass)."""

@@ -71,11 +71,17 @@ TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
                                            depths=(1, 1), num_heads=(2, 4), window_size=4, num_classes=10),
     "timm_cait": lambda: timm.create_model("cait_xxs24_224", img_size=32, patch_size=8, embed_dim=64, depth=2,
                                            num_heads=4, depth_token_only=1, num_classes=10),
+    # weight-standardized convs + GroupNorm (BiT), GroupNorm, equal chunks (Res2Net): half the widths
+    "timm_bit": lambda: timm.create_model("resnetv2_50x1_bit", channels=(128, 256, 512, 1024), stem_chs=32,
+                                          num_classes=10),
+    "timm_resnetv2_gn": lambda: timm.create_model("resnetv2_50d_gn", layers=[1, 1, 1, 1],
+                                                  channels=(128, 256, 512, 1024), stem_chs=64, num_classes=10),
+    "timm_res2net": lambda: timm.create_model("res2net50_26w_4s", layers=[1, 1, 1, 1], num_classes=10),
 }
 """timm architectures at a small size (32×32 images)."""
 COVERAGE_MODELS = ["hf_vit", "hf_deit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_ijepa",
                    "hf_swin", "hf_swinv2", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_swin", "timm_beit", "timm_eva02",
-                   "timm_cait"]
+                   "timm_cait", "timm_bit", "test_nfnet", "timm_resnetv2_gn", "timm_res2net"]
 """The rows of docs/coverage.md (docs/generate.py)."""
 HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_swinv2",
                "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "timm_swin",

@@ -114,3 +114,23 @@ def test_bad_config_and_strip_format():
     ctrl = hf_prune.create_pruning_controller(model, None, example_inputs=first(inputs))
     with pytest.raises(ValueError, match="strip_format"):
         ctrl.strip_model(model, strip_format="onnx")
+
+
+def test_one_except_catches_every_missing_file_and_input(tmp_path):
+    """``except HfPruneError`` (the CLI's only handler) catches each; the message names what is missing."""
+    from hf_prune.app.cli import main
+
+    model, inputs, _ = build("resnet18")
+    learned = {"params": {"interlayer_ranking_type": "learned_ranking",
+                          "load_ranking_coeffs_path": str(tmp_path / "coeffs.json")}}
+    ctrl = hf_prune.create_pruning_controller(model, None, example_inputs=first(inputs))
+    cases = [
+        (lambda: hf_prune.PruningConfig.from_file(tmp_path / "absent.yaml"), "absent.yaml"),
+        (lambda: hf_prune.PruningConfig.from_pretrained(tmp_path), "pruning_config.json"),
+        (lambda: hf_prune.create_pruning_controller(model, learned, example_inputs=first(inputs)), "coeffs.json"),
+        (lambda: ctrl.set_pruning_level(0.3, run_batchnorm_adaptation=True), "data_loader="),
+    ]
+    for call, missing in cases:
+        with pytest.raises(hf_prune.HfPruneError, match=missing):
+            call()
+    assert main(["analyze", "timm/test_resnet", "--config", str(tmp_path / "absent.yaml")]) == 2

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import ResNetConfig
 
 from hf_prune.app.cli import _join_reasons, main
@@ -43,7 +46,11 @@ def test_analyze_all_lists_unprunable_groups(capsys: pytest.CaptureFixture[str])
 def test_analyze_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys)
     assert data["model"] == "ResNet" and data["analysis_seconds"] > 0
-    assert data["flops"] > 0 and data["params"] > 0
+    model = timm.create_model("resnet18").eval()  # what the command analysed, counted here by torch itself
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert data["flops"] == counter.get_total_flops()
+    assert data["params"] == sum(p.numel() for p in model.parameters()) == 11_689_512
     groups = data["groups"]
     assert any(g["prunable"] for g in groups)
     assert all(0 <= g["flops_share"] <= 1 for g in groups)

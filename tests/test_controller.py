@@ -93,9 +93,9 @@ def test_importance_criteria_differ():
 def test_loss_is_zero_by_default_and_regularizes_masked_filters():
     model, inputs, logits, ctrl = _ctrl()
     ctrl.set_pruning_level(0.5)
-    assert float(ctrl.loss()) == 0.0
+    assert ctrl.loss().item() == 0.0
     model, inputs, logits, ctrl = _ctrl(regularization_weight=1e-3)
-    assert float(ctrl.loss()) == 0.0  # nothing masked yet
+    assert ctrl.loss().item() == 0.0  # nothing masked yet
     ctrl.set_pruning_level(0.5)
     loss = ctrl.loss()
     assert loss > 0 and loss.requires_grad
@@ -103,6 +103,21 @@ def test_loss_is_zero_by_default_and_regularizes_masked_filters():
     info = ctrl.pruned_modules[0]
     grad = model.get_submodule(info.module_name).weight.grad.movedim(info.dim, 0)
     assert torch.count_nonzero(grad[info.mask]) == 0 and torch.count_nonzero(grad[~info.mask]) > 0
+
+
+def test_loss_follows_every_mask_change():
+    """The loss's cached terms and ``levels_nonzero`` are refreshed by each way the masks change: a level,
+    a level back to 0, and a loaded pruning state."""
+    model, inputs, logits, ctrl = _ctrl(regularization_weight=1e-3)
+    ctrl.set_pruning_level(0.5)
+    pruned_state, pruned_loss = ctrl.state_dict(), ctrl.loss().item()
+    assert ctrl.levels_nonzero and pruned_loss > 0
+    ctrl.set_pruning_level(0.0)
+    assert not ctrl.levels_nonzero and ctrl.loss().item() == 0.0
+    ctrl.load_state_dict(pruned_state)
+    assert ctrl.levels_nonzero and ctrl.loss().item() == pytest.approx(pruned_loss)
+    ctrl.set_pruning_level(0.25)
+    assert 0 < ctrl.loss().item() < pruned_loss
 
 
 def test_statistics_dict_and_table():

@@ -54,3 +54,27 @@ def test_writers_use_it(tmp_path: Path) -> None:
     PruningConfig.from_dict({"pruning_init": 0.1}).save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["latency.json", "pruning_config.json"]
     assert json.loads((tmp_path / "pruning_config.json").read_text())
+
+
+def test_report_plots_are_written_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plot that fails half-way keeps the previous run's PNG and leaves no temporary file."""
+    from matplotlib.figure import Figure
+
+    from hf_prune.app.report import RunReport, write_report
+
+    report = RunReport(recipe="r.yaml", model="m", level_history=[(0, 0.0), (1, 0.5)])
+    old = write_report(report, tmp_path)["pruning_level.png"].read_bytes()
+    assert old.startswith(b"\x89PNG")
+    save = Figure.savefig
+
+    def half_then_fail(self: Figure, fname: str, **kwargs: object) -> None:
+        save(self, fname, **kwargs)
+        with open(fname, "r+b") as f:
+            f.truncate(100)
+        raise KeyboardInterrupt("killed while plotting")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(RunReport(recipe="r.yaml", model="m", level_history=[(0, 0.1)]), tmp_path)
+    assert (tmp_path / "pruning_level.png").read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == ["pruning_level.png", "report.json", "report.md"]

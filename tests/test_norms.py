@@ -209,3 +209,20 @@ def test_pruned_channels_get_no_gradient_through_the_norms():
     grad = model.patch_embed.proj.weight.grad.flatten(1).abs().sum(1)
     keep = ctrl.get_mask(info)
     assert not keep.all() and bool((grad[~keep] == 0).all()) and bool((grad[keep] > 0).all())
+
+
+def test_norm_hooks_are_installed_by_the_first_apply():
+    """One ``WeightMasker.apply`` installs both the weight masks and the masked norms."""
+    from hf_prune.algorithm.masks import WeightMasker
+    from hf_prune.graph.norms import NormRecord
+
+    norm = nn.LayerNorm(8)
+    model = nn.Sequential(nn.Linear(4, 8), norm, nn.Linear(8, 2)).eval()
+    keep = torch.arange(8) < 6
+    masker = WeightMasker()
+    masker.apply(model, {"2.weight": keep.float().reshape(1, -1)}, norms={"1": (NormRecord("1", "LayerNorm", 1, ()), keep)})
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        expected = F.linear(F.layer_norm(model[0](x)[:, keep], (6,), norm.weight[keep], norm.bias[keep]),
+                            model[2].weight[:, keep], model[2].bias)
+        torch.testing.assert_close(model(x), expected)

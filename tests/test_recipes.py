@@ -7,20 +7,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_prune.app.recipes import RecipeError, load_recipe
+from transformers import TrainingArguments
+
+from hf_prune import PruningConfig
+from hf_prune.app.recipes import DEFAULT_OUTPUT_DIR, RecipeError, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_shipped_recipes_validate(path, tmp_path):
+def test_shipped_recipes_validate_and_round_trip(path, tmp_path):
     overrides = [f"data.path={tmp_path}"] if "imagefolder" in path.read_text() else []
     recipe = load_recipe(path, overrides)
-    assert recipe.pruning_config().target > 0
-    assert recipe.training_arguments().output_dir
-    # the objects validated with the recipe are the ones the run gets, not rebuilt from the dicts
-    assert recipe.pruning_config() is recipe.pruning_config()
-    assert recipe.training_arguments() is recipe.training_arguments()
+    # typed objects, which the run uses as they are
+    assert isinstance(recipe.training, TrainingArguments) and isinstance(recipe.pruning, PruningConfig)
+    assert recipe.training.output_dir == yaml.safe_load(path.read_text())["training"]["output_dir"]
+    assert recipe.pruning.target > 0
+    again = load_recipe(_write(tmp_path, recipe.to_dict()))
+    assert again == recipe and again.to_dict() == recipe.to_dict()
 
 
 def _write(tmp_path, data):
@@ -36,8 +40,8 @@ def _demo():
 def test_overrides_are_applied_and_typed(tmp_path):
     recipe = load_recipe(RECIPES[0].parent / "demo.yaml",
                          ["training.num_train_epochs=2", "pruning.params.pruning_steps=5", "model.image_size=16"])
-    assert recipe.training["num_train_epochs"] == 2 and recipe.model.image_size == 16
-    assert recipe.pruning_config().params.pruning_steps == 5
+    assert recipe.training.num_train_epochs == 2 and recipe.model.image_size == 16
+    assert recipe.pruning.params.pruning_steps == 5
     with pytest.raises(RecipeError, match="expected key.path=value"):
         load_recipe(RECIPES[0].parent / "demo.yaml", ["training.num_train_epochs"])
 
@@ -69,6 +73,33 @@ def test_section_errors(tmp_path, change, expected):
     data = _demo()
     data.update(change)
     with pytest.raises(RecipeError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?").replace("Value error, ", "")):
+        load_recipe(_write(tmp_path, data))
+
+
+def test_training_values_are_typed(tmp_path):
+    data = _demo()
+    data["training"].update(learning_rate="1e-4", per_device_train_batch_size=2.5, num_train_epochs="three",
+                            eval_strategy="epoch")  # YAML reads 1e-4 (no dot) as a string
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_write(tmp_path, data))
+    msg = str(e.value)
+    assert "r.yaml" in msg and "learning_rate" not in msg
+    assert "training.per_device_train_batch_size: Input should be a valid integer" in msg and "got 2.5" in msg
+    assert "training.num_train_epochs: Input should be a valid number" in msg and "got 'three'" in msg
+    del data["training"]["per_device_train_batch_size"], data["training"]["num_train_epochs"]
+    training = load_recipe(_write(tmp_path, data)).training
+    assert training.learning_rate == 1e-4 and training.eval_strategy == "epoch"
+
+
+def test_training_arguments_own_checks_and_defaults(tmp_path):
+    data = _demo()
+    data["training"].update(load_best_model_at_end=True, eval_strategy="epoch", save_strategy="steps")
+    with pytest.raises(RecipeError, match=r"r\.yaml:\n  training: .*load_best_model_at_end"):
+        load_recipe(_write(tmp_path, data))
+    del data["training"]
+    assert load_recipe(_write(tmp_path, data)).training.output_dir == DEFAULT_OUTPUT_DIR
+    data["training"] = ["output_dir", "x"]
+    with pytest.raises(RecipeError, match="training: expected a mapping of TrainingArguments fields"):
         load_recipe(_write(tmp_path, data))
 
 

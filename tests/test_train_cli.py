@@ -47,6 +47,7 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     ("model.name=timm/resnet_does_not_exist", "unknown timm model"),
     ("data.source=imagefolder", "needs 'path'"),
     ("training.num_train_epocs=1", "did you mean 'num_train_epochs'"),
+    ("model={config: {hidden_sizes: [8]}}", "model.config needs a 'model_type'"),
 ])
 def test_bad_recipes_fail_before_training(tmp_path, capsys, override, message):
     out = tmp_path / "run"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_reduce_mean
-from ..errors import HfPruneError
+from ..errors import MissingInputError
 
 
 def _accepts_kwarg(model: nn.Module, name: str) -> bool:
@@ -47,7 +47,7 @@ def adapt_batchnorm(model: nn.Module, data_loader: Iterable[Any] | None, num_sam
     averaged across ranks so every rank ends with the same model. Returns the samples used.
     """
     if data_loader is None:
-        raise HfPruneError("BatchNorm adaptation needs data: pass data_loader= to create_pruning_controller")
+        raise MissingInputError("BatchNorm adaptation needs data: pass data_loader= to create_pruning_controller")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or num_samples <= 0:
         return 0

@@ -29,8 +29,7 @@ from .ranking import (
 )
 from .planning import (
     MAX_GLOBAL_GROUP_LEVEL, CostModel, FlopsCost, Plan, fit_units, kept_count, kept_fractions, minimal_plan,
-    relax_units,
-    plan_for_cost, plan_for_level,
+    plan_by_benefit, plan_for_cost, plan_for_level, relax_units,
 )
 from .schedulers import SCHEDULERS, PruningScheduler, StubScheduler
 from .statistics import PruningStatistics, collect_statistics
@@ -330,8 +329,11 @@ class FilterPruningController:
         return collect_statistics(self, quickly_collected_only)
 
     def prepare_for_export(self) -> None:
-        """Bake the masks into the weights (zeroed filters, same shapes), as NNCF does before export."""
-        zero_pruned(self.model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms)
+        """Bake the masks into the weights (zeroed filters, same shapes), as NNCF does before export. Weights
+        standardized in forward (BiT, NFNets) stay as they are: zeros cannot stand for their pruned inputs, their
+        mask hooks keep masking them (``strip_model(strip_format="zeros")`` gives an exact zeroed copy)."""
+        zero_pruned(self.model, self.analysis.trace, self.leaf_masks(), zero_norms=self.config.params.prune_batch_norms,
+                    standardized=False)
 
     def strip_model(self, model: nn.Module | None = None, do_copy: bool = False, strip_format: str = "native") -> nn.Module:
         """The model without pruning machinery: ``native`` removes pruned channels physically (same
@@ -415,7 +417,8 @@ class FilterPruningController:
 
     @property
     def levels_nonzero(self) -> bool:
-        return any(not bool(m.all()) for m in self._masks.values())
+        """Whether any channel is masked; recorded when the masks change, not scanned per training step."""
+        return self._levels_nonzero
 
     @property
     def current_flops(self) -> float:
@@ -472,11 +475,16 @@ class FilterPruningController:
         return self.latency
 
     def _plan(self, level: float, scores: dict[int, torch.Tensor]) -> Plan:
-        """Kept channels per group for a global level (of filters, FLOPs or latency)."""
+        """Kept channels per group for a global level (of filters, FLOPs or latency): the same level in
+        every group, or one global ranking (``all_weights``, LeGR); with a latency target and
+        ``all_weights``, channels go where the latency table says they save most (HALP-style)."""
+        cap = self.config.params.legr_params.max_pruning if self.ranking is not None else MAX_GLOBAL_GROUP_LEVEL
+
         def at(lv: float) -> Plan:
-            cap = self.config.params.legr_params.max_pruning if self.ranking is not None else MAX_GLOBAL_GROUP_LEVEL
             return plan_for_level(self._groups, lv, scores, self.ranking, self.config.params.all_weights, cap)
 
+        if self.latency is not None and self.config.params.all_weights and self.ranking is None:
+            return plan_by_benefit(self._groups, level, self.latency, scores, "pruning_latency_target", cap)
         cost = self._cost_model()
         if cost is None:
             return at(level)
@@ -511,6 +519,7 @@ class FilterPruningController:
         stay installed from creation to strip and are updated in place (see :class:`.masks._MaskHook`)."""
         self.mask_version += 1
         leaf = self.leaf_masks()
+        self._levels_nonzero = bool(leaf)
         T, trace = self.analysis.trace.table, self.analysis.trace
         consumer_dims: dict[str, set[int]] = {}
         for group in self._groups.values():
@@ -527,7 +536,7 @@ class FilterPruningController:
                 mask = mask * T.label_mask(trace.param_labels[param][d], leaf).reshape(view).float()
             masks[param] = mask
         spaces = {g.space for g in self._groups.values()}
-        self._masker.apply(self.model, masks, norm_masks(T, trace.norms, leaf, spaces))
+        self._masker.apply(self.model, masks, trace.standardized, norm_masks(T, trace.norms, leaf, spaces))
 
 
 def has_pruning_masks(model: nn.Module) -> bool:
@@ -578,8 +587,9 @@ def create_pruning_controller(model: nn.Module, config: PruningConfig | Mapping[
         if not allow_nothing_prunable:
             raise NothingPrunableError(
                 f"{message}. Pass allow_nothing_prunable=True to create_pruning_controller to continue with a "
-                "model that stays dense; a backend op reported as having no channel rule can be mapped to its "
-                "canonical op with hf_prune.register_op_variant")
+                "model that stays dense; an op reported as having no channel rule can be given one with "
+                "hf_prune.register_channel_rule, or, if it is a backend variant of an ATen op, be mapped to that op "
+                "with hf_prune.register_op_variant")
         warnings.warn(f"{message}; the controller will leave it unchanged", UserWarning, stacklevel=2)
     controller = FilterPruningController(model, config, analysis)
     controller.data_loader = data_loader

@@ -2,12 +2,13 @@
 
 The latency model is a lookup table, as in NetAdapt and NVIDIA's HALP: every conv/linear layer that a
 pruning group narrows is timed alone, on the deployment device, dtype and batch size, at a few input and
-output widths. A plan's latency is the dense model's measured latency minus what its layers save, read
-from the table (bilinear between measured widths), minus what the per-channel ops between layers (norms,
-activations, adds) save on the narrower outputs; that per-channel time is calibrated once on a copy
-stripped to half of every group, so the model reproduces that measurement. The rest (attention
-products, pooling, the head) counts as constant. Tables are cached in a JSON file under a key (model
-structure, device, dtype, batch size, torch version, CPU threads) and measured again when it changes.
+output widths, down to the narrowest any plan gives it. A plan's latency is the dense model's measured
+latency minus what its layers save, read from the table (bilinear between measured widths), minus what
+the per-channel ops between layers (norms, activations, adds) save on the narrower outputs; that
+per-channel time is calibrated once on a copy stripped to half of every group, so the model reproduces
+that measurement. The rest (attention products, pooling, the head) counts as constant. Tables are
+cached in a JSON file under a key (model structure, device, dtype, batch size, torch version, CPU
+threads) and measured again when it changes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..errors import HfPruneError
 from ..files import write_text_atomic
 from ..graph.analysis import ModelAnalysis
 from ..graph.groups import PruningGroup
-from ..graph.spaces import Label
+from ..graph.spaces import Label, SpaceTable
 from ..graph.surgery import strip
 from ..graph.trace import call_model
 from .planning import kept_count
@@ -43,9 +44,9 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
-"""Widths (fractions of a layer's channels) at which each layer is timed."""
+"""Kept fractions of its groups at which each layer is timed (and the fewest they can keep)."""
 WARMUP, ITERATIONS, BUDGET_S = 3, 20, 0.25
-TABLE_FORMAT = 2
+TABLE_FORMAT = 3  # 3: widths down to the most pruned plan
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune")) / "latency"
 
 
@@ -349,18 +350,24 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- measuring
-def _widths(size: int, unit: int, prunable: bool) -> list[int]:
-    if not prunable:
+def _widths(T: SpaceTable, label: Label, size: int, groups: Mapping[int, PruningGroup]) -> list[int]:
+    """Widths at which a layer's axis (``label``, ``size`` channels) is timed: those the planner gives it
+    when the groups on it keep :data:`WIDTH_FRACTIONS` of their channels (rounded to their units, so
+    attention heads are whole), and when they keep the fewest they can (:func:`minimal_plan`'s widths,
+    so that no plan is predicted beyond the table, where it would be clamped to the last width)."""
+    on_axis = [groups[leaf] for leaf in T.leaves(label) if leaf in groups]
+    if not on_axis:
         return [size]
-    step = unit if unit > 1 and size > unit else 1
-    return sorted({min(size, max(step, math.ceil(size * f / step) * step)) for f in WIDTH_FRACTIONS})
+    levels = [1.0 - f for f in WIDTH_FRACTIONS] + [1.0 - 1e-9]
+    kept = [{g.space: kept_count(g, level) / g.size for g in on_axis} for level in levels]
+    return sorted({max(1, round(size * T.fraction(label, fractions))) for fractions in kept})
 
 
 def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGroup], target: DeployTarget) -> LatencyTable:
     """Time the dense model, every conv/linear layer a group narrows (alone, at a few widths), and a
     copy stripped to half of every group (which calibrates the per-channel time)."""
     T, trace = analysis.trace.table, analysis.trace
-    units = {g.space: g.unit for g in groups}
+    by_leaf = {g.space: g for g in groups}
     deployed = deploy_copy(model, target)
     inputs = batched(analysis.example_inputs, target)
     shapes: dict[str, tuple[tuple[int, ...], int]] = {}  # layer -> (input shape, output elements)
@@ -383,13 +390,11 @@ def _measure(model: nn.Module, analysis: ModelAnalysis, groups: list[PruningGrou
         labels = trace.param_labels.get(f"{name}.weight")
         if labels is None:
             continue
-        out_units = [units[leaf] for leaf in T.leaves(labels[0]) if leaf in units]
-        in_units = [units[leaf] for leaf in T.leaves(labels[1]) if leaf in units]
-        if not out_units and not in_units:
-            continue
         module = deployed.get_submodule(name)
-        outs = _widths(module.weight.shape[0], max(out_units, default=1), bool(out_units))
-        ins = _widths(module.weight.shape[1], max(in_units, default=1), bool(in_units))
+        outs = _widths(T, labels[0], module.weight.shape[0], by_leaf)
+        ins = _widths(T, labels[1], module.weight.shape[1], by_leaf)
+        if len(outs) == 1 and len(ins) == 1:
+            continue  # no group narrows it
         ms = [[_time_layer(module, shape, o, i, target) for i in ins] for o in outs]
         layers[name] = LayerTable(outs, ins, _monotone(ms), activations)
     activations = sum(a for _, a in shapes.values())

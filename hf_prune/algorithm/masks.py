@@ -18,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..graph.analysis import remove_forward_hooks
 from ..graph.norms import NormMaskHook, NormRecord
+from ..graph.standardization import standardized_preimage
 
 
 class _MaskHook:
@@ -30,8 +31,9 @@ class _MaskHook:
 
     transparent_to_analysis = True  # the analysis traces the model without its masks
 
-    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+    def __init__(self, masks: dict[str, torch.Tensor], standardized: dict[str, float]) -> None:
         self.masks = masks
+        self.standardized = standardized  # parameter → eps, for weights standardized in forward
         self.saved: dict[str, nn.Parameter] = {}
         self._placed: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -57,7 +59,9 @@ class _MaskHook:
         for name in self.masks:
             p = module._parameters[name]
             self.saved[name] = p
-            module._parameters[name] = p * self.mask_for(name, p)
+            mask = self.mask_for(name, p)
+            eps = self.standardized.get(name)
+            module._parameters[name] = p * mask if eps is None else standardized_preimage(p, mask, eps)
 
     def post(self, module: nn.Module, args, output) -> None:
         for name, p in self.saved.items():
@@ -72,26 +76,34 @@ class WeightMasker:
         self._hooks: dict[nn.Module, tuple[_MaskHook, list]] = {}
         self._norm_hooks: dict[str, tuple[NormMaskHook, RemovableHandle]] = {}
 
-    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor],
+    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor], standardized: dict[str, float] | None = None,
               norms: dict[str, tuple[NormRecord, torch.Tensor]] | None = None) -> None:
         """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``) and compute each named
         normalization over its kept channels (``{"block.norm1": (record, kept-channel mask)}``). Masks of the
-        same parameters and norms as before are updated in place; another set replaces the hooks."""
+        same parameters and norms as before are updated in place; another set replaces the hooks.
+        ``standardized`` (parameter → eps) names weights standardized per filter in forward: they are given
+        their :func:`~hf_prune.graph.standardization.standardized_preimage` instead of being zeroed."""
+        self._apply_weights(model, masks, standardized or {})
         self._apply_norms(model, norms or {})
+
+    def _apply_weights(self, model: nn.Module, masks: dict[str, torch.Tensor], standardized: dict[str, float]) -> None:
         by_module: dict[nn.Module, dict[str, torch.Tensor]] = {}
+        eps: dict[nn.Module, dict[str, float]] = {}
         for full_name, mask in masks.items():
             module_name, _, pname = full_name.rpartition(".")
             module = model.get_submodule(module_name)
             by_module.setdefault(module, {})[pname] = mask
+            if full_name in standardized:
+                eps.setdefault(module, {})[pname] = standardized[full_name]
         same = by_module.keys() == self._hooks.keys() and all(
             module_masks.keys() == self._hooks[module][0].masks.keys() for module, module_masks in by_module.items())
         if same:
             for module, module_masks in by_module.items():
                 self._hooks[module][0].update(module_masks)
             return
-        self.remove()
+        self._remove_weights()
         for module, module_masks in by_module.items():
-            hook = _MaskHook(module_masks)
+            hook = _MaskHook(module_masks, eps.get(module, {}))
             handles = [module.register_forward_pre_hook(hook.pre),
                        module.register_forward_hook(hook.post, always_call=True)]
             self._hooks[module] = (hook, handles)
@@ -111,11 +123,14 @@ class WeightMasker:
             handle.remove()
         self._norm_hooks.clear()
 
-    def remove(self) -> None:
+    def _remove_weights(self) -> None:
         for hook, handles in self._hooks.values():
             for h in handles:
                 h.remove()
         self._hooks.clear()
+
+    def remove(self) -> None:
+        self._remove_weights()
         self._remove_norms()
 
 

@@ -3,11 +3,14 @@
 Pure functions over :class:`~hf_prune.graph.groups.PruningGroup` s and importance scores; the
 controller turns a plan (group id → kept channels) into masks. Cost targets (FLOPs, latency) search
 the global level by bisection on the rounded grid, then give channels back so the target holds
-with as little overshoot as the rounding allows.
+with as little overshoot as the rounding allows (NNCF's choice of filters); a latency target with
+``all_weights`` instead removes channels where the latency table says they save most for the
+importance they lose (HALP-style, :func:`plan_by_benefit`).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Mapping, Protocol
 
@@ -86,6 +89,16 @@ def kept_fractions(groups: Mapping[int, PruningGroup], plan: Plan) -> dict[int, 
     return {groups[gid].space: k / groups[gid].size for gid, k in plan.items()}
 
 
+def comparable_importance(scores: Mapping[int, torch.Tensor],
+                          ranking: RankingCoefficients | None = None) -> dict[int, torch.Tensor]:
+    """Importance comparable across groups: normalized within each group (NNCF's global ranking) and
+    transformed by the learned coefficients, if any."""
+    ranked = {gid: s / (s.mean() + 1e-12) for gid, s in scores.items()}
+    if ranking is not None:
+        ranked = {gid: ranking.transform(gid, v) for gid, v in ranked.items()}
+    return ranked
+
+
 def plan_for_level(groups: Mapping[int, PruningGroup], level: float, scores: Mapping[int, torch.Tensor],
                    ranking: RankingCoefficients | None = None, all_weights: bool = False,
                    max_level: float = MAX_GLOBAL_GROUP_LEVEL) -> Plan:
@@ -93,11 +106,9 @@ def plan_for_level(groups: Mapping[int, PruningGroup], level: float, scores: Map
     threshold over importance ranked globally (``all_weights`` or learned ``ranking``)."""
     if level == 0 or (ranking is None and not all_weights):
         return {gid: kept_count(g, level) for gid, g in groups.items()}
-    # Global ranking: one threshold over importance normalized within each group (and transformed
-    # by the learned coefficients); a group is never pruned beyond the cap, so none is emptied.
-    ranked = {gid: s / (s.mean() + 1e-12) for gid, s in scores.items()}
-    if ranking is not None:
-        ranked = {gid: ranking.transform(gid, v) for gid, v in ranked.items()}
+    # Global ranking: one threshold over comparable importance; a group is never pruned beyond the
+    # cap, so none is emptied.
+    ranked = comparable_importance(scores, ranking)
     everything = torch.cat([ranked[gid] for gid in groups])
     n_pruned = math.floor(level * everything.numel() + 1e-9)
     if n_pruned == 0:
@@ -124,10 +135,7 @@ def plan_for_cost(groups: Mapping[int, PruningGroup], target: float, cost: CostM
         return plan_at(0.0)
     hi = 1.0 - 1e-9
     best = plan_at(hi)
-    if reduction(best) < target:
-        raise PruningLevelError(
-            f"{key}: removing {target:.3f} of the model's {cost.name} is unreachable: the most this model can "
-            f"be pruned removes {reduction(best):.3f} (see maximal_compression_rate)")
+    _check_reachable(target, reduction(best), cost, key)
     lo = 0.0
     for _ in range(30):
         mid = (lo + hi) / 2
@@ -147,6 +155,78 @@ def plan_for_cost(groups: Mapping[int, PruningGroup], target: float, cost: CostM
             best[gid] += step
             tracker.set(g.space, best[gid] / g.size)
     return best
+
+
+def plan_by_benefit(groups: Mapping[int, PruningGroup], target: float, cost: CostModel,
+                    scores: Mapping[int, torch.Tensor], key: str, max_level: float = MAX_GLOBAL_GROUP_LEVEL) -> Plan:
+    """The plan that reaches a ``target`` cost reduction by removing channels where they pay most
+    (HALP's latency-aware allocation, greedily): a step at a time (one unit of one group), the step that
+    loses the least :func:`comparable_importance` per unit of cost it saves, with each group's saving
+    read from the cost model (e.g. the latency table: a channel of a slow layer saves more than one of a
+    fast layer). A group keeps at least ``1 - max_level`` of its channels while the target can be met
+    otherwise, and never fewer than its rounding allows (:func:`minimal_plan`); steps the target does
+    not need are given back at the end.
+    """
+    full = {gid: g.size for gid, g in groups.items()}
+    if target == 0:
+        return full
+    floor = minimal_plan(groups)
+    _check_reachable(target, 1.0 - cost.cost(kept_fractions(groups, floor)) / cost.dense, cost, key)
+    budget = (1.0 - target) * cost.dense
+    least_first = {gid: [0.0, *torch.sort(v.float()).values.cumsum(0).tolist()]
+                   for gid, v in comparable_importance(scores).items()}
+    plan = dict(full)
+    tracker = cost.tracker(kept_fractions(groups, plan))
+
+    def next_kept(gid: int) -> int:
+        g, k = groups[gid], plan[gid]
+        return (k - 1) // g.unit * g.unit if g.unit > 1 and g.size > g.unit else k - 1
+
+    def price(gid: int) -> float:
+        """Importance lost per unit of cost saved by the group's next step."""
+        g, k, nk = groups[gid], plan[gid], next_kept(gid)
+        saved = tracker.total - tracker.total_if(g.space, nk / g.size)
+        lost = least_first[gid][g.size - nk] - least_first[gid][g.size - k]
+        return lost / saved if saved > 0 else math.inf
+
+    capped = {gid: max(floor[gid], kept_count(g, max_level)) for gid, g in groups.items()}
+    for limit in (capped, floor):
+        heap = [(price(gid), gid) for gid in groups if next_kept(gid) >= limit[gid]]
+        heapq.heapify(heap)
+        while heap and tracker.total > budget:
+            _, gid = heapq.heappop(heap)
+            current = price(gid)  # steps of neighbouring groups change what this one saves
+            if current == math.inf:
+                continue
+            if heap and current > heap[0][0]:
+                heapq.heappush(heap, (current, gid))
+                continue
+            plan[gid] = next_kept(gid)
+            tracker.set(groups[gid].space, plan[gid] / groups[gid].size)
+            if next_kept(gid) >= limit[gid]:
+                heapq.heappush(heap, (price(gid), gid))
+    # The last step may overshoot the target: give steps back, the most important channels first.
+    def back(gid: int) -> int:
+        g = groups[gid]
+        return min(g.size, plan[gid] + g.unit) if g.unit > 1 and g.size > g.unit else plan[gid] + 1
+
+    def regained(gid: int) -> float:
+        g = groups[gid]
+        return least_first[gid][g.size - plan[gid]] - least_first[gid][g.size - back(gid)]
+
+    for gid in sorted((gid for gid, g in groups.items() if plan[gid] < g.size), key=regained, reverse=True):
+        g = groups[gid]
+        while plan[gid] < g.size and tracker.total_if(g.space, back(gid) / g.size) <= budget:
+            plan[gid] = back(gid)
+            tracker.set(g.space, plan[gid] / g.size)
+    return plan
+
+
+def _check_reachable(target: float, most: float, cost: CostModel, key: str) -> None:
+    if most < target:
+        raise PruningLevelError(
+            f"{key}: removing {target:.3f} of the model's {cost.name} is unreachable: the most this model can "
+            f"be pruned removes {most:.3f} (see maximal_compression_rate)")
 
 
 class PlanAt(Protocol):

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import broadcast_from_main, is_main_process
-from ..errors import HfPruneError
+from ..errors import HfPruneError, MissingFileError
 from ..files import write_text_atomic
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class RankingCoefficients:
         """Read a coefficients file and check it matches the groups of the model it is loaded for."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ranking coefficients file not found: {path}")
+            raise MissingFileError(f"ranking coefficients file not found: {path}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             version = data["format_version"]

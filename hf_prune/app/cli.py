@@ -1,8 +1,8 @@
 """The ``hf-prune`` command line.
 
 Each subcommand is one ``_add_<name>`` function that registers its parser and sets ``run`` to a
-``(args) -> exit code`` handler. Errors hf_prune raises on purpose (and invalid configs, missing
-files) print ``error: <message>`` to stderr and exit with status 2.
+``(args) -> exit code`` handler. Errors hf_prune raises on purpose (every one an ``HfPruneError``:
+invalid configs and recipes, missing files, ...) print ``error: <message>`` to stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (HfPruneError, FileNotFoundError) as exc:
+    except HfPruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

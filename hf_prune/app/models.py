@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import HfPruneError
 from ..integrations.serialization import from_pretrained, saved_record
-from ..model_kind import example_inputs, input_size
+from ..model_kind import example_inputs, saved_library
 from ..text import did_you_mean
 
 __all__ = ["ModelLoadError", "load_model"]
@@ -94,7 +94,7 @@ def _local_model(path: Path, num_classes: int | None, pretrained: bool,
         raise ModelLoadError(f"cannot parse {config_file}: {exc}") from exc
     if isinstance(saved, dict) and saved_record(saved) is not None:
         return _pruned_model(path, num_classes, image_size)
-    if isinstance(saved, dict) and "architecture" in saved and "model_type" not in saved:  # timm, not TimmWrapper
+    if isinstance(saved, dict) and saved_library(saved) == "timm":
         if not timm.is_model(saved["architecture"]):
             raise ModelLoadError(f"{config_file}: unknown timm architecture {saved['architecture']!r}"
                                  f"{_suggestions(saved['architecture'])}")
@@ -107,12 +107,12 @@ def _pruned_model(path: Path, num_classes: int | None, image_size: int | None) -
     """A stripped model saved by hf_prune (its config.json records the pruned shapes)."""
     if num_classes is None:
         model = from_pretrained(path).eval()
-    elif "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8")):
+    elif saved_library(json.loads((path / "config.json").read_text(encoding="utf-8"))) == "transformers":
         model = from_pretrained(path, num_labels=num_classes, ignore_mismatched_sizes=True).eval()
     else:
         raise ModelLoadError(f"{path}: holds a pruned timm model; replacing its classifier head is not supported "
                              "(a pruned transformers model's is)")
-    return model, _inputs(model, image_size)
+    return model, example_inputs(model, size=image_size)
 
 
 def _hub_model(model_id: str, spec: str, num_classes: int | None, pretrained: bool,
@@ -141,7 +141,7 @@ def _create_timm(name: str, fixed_input_size: bool, num_classes: int | None, pre
     except OSError as exc:  # weights not downloadable (offline, unknown tag) or unreadable
         reason = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"cannot load pretrained weights of timm model {name!r}: {reason}") from exc
-    return model, _inputs(model, image_size)
+    return model, example_inputs(model, size=image_size)
 
 
 def _transformers_model(source: str, spec: str, num_classes: int | None, weights: bool,
@@ -170,13 +170,7 @@ def _transformers_model(source: str, spec: str, num_classes: int | None, weights
     except ValueError as exc:
         raise ModelLoadError(f"model {spec!r} ({type(config).__name__}) is not a transformers "
                              f"image-classification model: {exc}") from exc
-    return model.eval(), _inputs(model, image_size)
-
-
-def _inputs(model: nn.Module, image_size: int | None) -> Any:
-    """Example inputs of ``model``: its own input size, or square ``image_size`` images."""
-    channels = input_size(model)[0]
-    return example_inputs(model, size=(channels, image_size, image_size) if image_size else None)
+    return model.eval(), example_inputs(model, size=image_size)
 
 
 def _suggestions(name: str) -> str:

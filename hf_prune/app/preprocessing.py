@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from ..model_kind import library_of
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -37,8 +39,7 @@ class ImageTransforms:
 def transforms_for(model: nn.Module, image_size: int | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, augment: bool = True) -> ImageTransforms:
     """The train/eval transforms ``model`` expects; ``image_size``, ``mean``, ``std`` override its own."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("input_size"):
+    if library_of(model) == "timm":
         return _timm_transforms(model, image_size, mean, std, augment)
     return _transformers_transforms(model, image_size, mean, std, augment)
 

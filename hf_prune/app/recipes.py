@@ -3,29 +3,37 @@
 ```yaml
 model:    {name: timm/resnet18, pretrained: false, num_classes: 10, image_size: 32}
 data:     {source: digits}                 # or {source: hub, name: cifar10, ...} / {source: imagefolder, path: ...}
-training: {output_dir: outputs/demo, num_train_epochs: 6, ...}   # any transformers TrainingArguments field
+training: {output_dir: outputs/demo, num_train_epochs: 6, ...}   # transformers TrainingArguments fields
 dense_epochs: 2                            # optional dense warm-up before pruning starts
 pruning:  {algorithm: filter_pruning, params: {...}}              # NNCF's filter_pruning section
 outputs:  {save: true, onnx: true, report: true, push_to_hub: null}
 ```
 
-Every section is validated before anything runs; errors name the key path (``data.path``,
-``training.num_train_epocs``) and what was expected.
+:func:`load_recipe` validates every section before anything runs (errors name the file, the key path such
+as ``data.path`` or ``training.num_train_epocs``, and what was expected) and returns a :class:`Recipe` of typed
+objects: ``ModelSpec``, ``DataSpec``, ``transformers.TrainingArguments`` (built by ``HfArgumentParser``),
+:class:`~hf_prune.PruningConfig` and ``OutputSpec``, which the run uses as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from transformers import HfArgumentParser, TrainingArguments
 
 from ..config import PruningConfig, PruningConfigError
 from ..errors import HfPruneError
 from ..text import did_you_mean
+
+DEFAULT_OUTPUT_DIR = "outputs"
+"""``training.output_dir`` when a recipe does not set it."""
+_SECRETS = ("hub_token", "push_to_hub_token")  # never written back by Recipe.to_dict
 
 
 class RecipeError(HfPruneError, ValueError):
@@ -82,59 +90,84 @@ class OutputSpec(_Section):
 
 
 class Recipe(_Section):
+    """A validated recipe: the typed objects a run uses as they are (built by :func:`load_recipe`, or
+    directly from the objects)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
-    training: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingArguments = Field(default_factory=lambda: TrainingArguments(output_dir=DEFAULT_OUTPUT_DIR))
     dense_epochs: int = Field(0, ge=0, description="epochs of dense training before pruning starts")
-    pruning: dict[str, Any] = Field(default_factory=dict)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
-    _pruning_config: PruningConfig | None = PrivateAttr(None)
-    _training_arguments: Any = PrivateAttr(None)
 
-    def pruning_config(self) -> PruningConfig:
-        """The ``pruning`` section as the :class:`PruningConfig` validated with the recipe (built once)."""
-        if self._pruning_config is None:
-            self._pruning_config = PruningConfig.from_dict(self.pruning)
-        return self._pruning_config
-
-    def training_arguments(self):
-        """The ``transformers.TrainingArguments`` of the ``training`` section, validated with the recipe
-        (built once)."""
-        if self._training_arguments is None:
-            from transformers import TrainingArguments
-
-            self._training_arguments = TrainingArguments(**self.training)
-        return self._training_arguments
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as the plain mapping a recipe file holds; :func:`load_recipe` reads it back to an equal
+        recipe. ``training`` lists the fields that differ from ``TrainingArguments``' defaults (hub tokens are
+        never written)."""
+        args = self.training
+        pinned = {k: getattr(args, k) for k in ("output_dir", "logging_dir") if hasattr(args, k)}  # logging_dir: 4.x
+        defaults = TrainingArguments(**pinned).to_dict()
+        training = {k: v for k, v in args.to_dict().items()
+                    if k not in _SECRETS and (k in pinned or v != defaults[k])}
+        return {"model": self.model.model_dump(exclude_defaults=True),
+                "data": self.data.model_dump(exclude_defaults=True), "training": training,
+                "dense_epochs": self.dense_epochs, "pruning": self.pruning.to_dict(),
+                "outputs": self.outputs.model_dump(exclude_defaults=True)}
 
 
-def _training_arguments(training: Mapping[str, Any]) -> tuple[Any, list[str]]:
+@functools.cache
+def _fields_model(cls: type) -> type[BaseModel]:
+    """A pydantic model of the dataclass ``cls``'s init fields and their annotated types: unknown keys and values
+    of the wrong type are errors (``HfArgumentParser.parse_dict`` checks neither: a YAML ``1e-4``, which is a
+    string, would reach the optimizer)."""
+    hints = get_type_hints(cls)
+    return create_model(cls.__name__, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                        **{f.name: (hints[f.name], None) for f in dataclasses.fields(cls) if f.init})
+
+
+def _training_arguments(section: Any) -> tuple[TrainingArguments | None, list[str]]:
     """``(TrainingArguments, [])`` from the ``training`` section, or ``(None, problems)``."""
-    from transformers import TrainingArguments
-
-    names = [f.name for f in fields(TrainingArguments) if f.init]
-    errors = [f"training.{key}: not a TrainingArguments field{did_you_mean(key, names)}"
-              for key in training if key not in names]
-    if errors:
-        return None, errors
+    if not isinstance(section, Mapping):
+        return None, [f"training: expected a mapping of TrainingArguments fields; got {section!r}"]
     try:
-        return TrainingArguments(**training), []
-    except (ValueError, TypeError) as e:
+        checked = _fields_model(TrainingArguments).model_validate({"output_dir": DEFAULT_OUTPUT_DIR, **section})
+    except ValidationError as e:
+        return None, _describe(e, _fields_model(TrainingArguments), ("training",))
+    try:
+        (args,) = HfArgumentParser(TrainingArguments).parse_dict({k: getattr(checked, k) for k in checked.model_fields_set})
+    except (ValueError, TypeError) as e:  # TrainingArguments' own checks (strategies, precision, ...)
         return None, [f"training: {e}"]
+    return args, []
 
 
-def _describe(e: ValidationError) -> list[str]:
+def _pruning_config(section: Any) -> tuple[PruningConfig | None, list[str]]:
+    """``(PruningConfig, [])`` from the ``pruning`` section, or ``(None, problems)``."""
+    if not isinstance(section, Mapping):
+        return None, [f"pruning: expected a mapping (NNCF's filter_pruning section); got {section!r}"]
+    try:
+        return PruningConfig.from_dict(section), []
+    except PruningConfigError as e:
+        return None, [f"pruning.{p}".rstrip(".") + f": {msg}" for p, msg in e.errors]
+
+
+def _describe(e: ValidationError, root: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[str]:
+    """One ``key.path: problem`` line per error of ``root``; an unknown key gets the closest known one."""
     out = []
     for err in e.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"])
+        loc = tuple(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            parent = err["loc"][:-1]
-            model: Any = Recipe
-            for p in parent:
-                model = model.model_fields[str(p)].annotation
+            model: Any = root
+            for p in loc[:-1]:
+                model = model.model_fields[p].annotation
             allowed = list(model.model_fields)
-            msg = f"unknown key{did_you_mean(str(err['loc'][-1]), allowed)} (allowed: {', '.join(allowed)})"
-        out.append(f"{path}: {msg}" + (f"; got {err['input']!r}" if err["type"] != "extra_forbidden" else ""))
+            hint = did_you_mean(loc[-1], allowed)
+            msg = (f"unknown key{hint} (allowed: {', '.join(allowed)})" if issubclass(model, _Section)
+                   else f"not a {model.__name__} field{hint}")
+        else:
+            msg += f"; got {err['input']!r}"
+        out.append(f"{'.'.join(prefix + loc)}: {msg}")
     return out
 
 
@@ -166,28 +199,20 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         raise RecipeError(f"{path}: a recipe is a mapping with sections model, data, training, pruning, outputs")
     for assignment in overrides:
         set_override(data, assignment)
-    errors: list[str] = []
+    training, errors = _training_arguments(data.get("training") or {})
+    pruning, problems = _pruning_config(data.get("pruning") or {})
+    errors += problems
+    sections = {k: v for k, v in data.items() if k not in ("training", "pruning")}
+    sections.update({k: v for k, v in (("training", training), ("pruning", pruning)) if v is not None})
     recipe = None
     try:
-        recipe = Recipe(**data)
+        recipe = Recipe(**sections)
     except ValidationError as e:
-        errors += _describe(e)
-    training_arguments = pruning_config = None
-    training = data.get("training") or {}
-    if isinstance(training, dict):
-        training_arguments, problems = _training_arguments(training)
-        errors += problems
-    pruning = data.get("pruning") or {}
-    if isinstance(pruning, dict):
-        try:
-            pruning_config = PruningConfig.from_dict(pruning)
-        except PruningConfigError as e:
-            errors += [f"pruning.{p}".rstrip(".") + f": {msg}" for p, msg in e.errors]
+        errors += _describe(e, Recipe)
     source = data.get("data") or {}
     if isinstance(source, dict) and source.get("source") == "imagefolder" and source.get("path"):
         if not Path(str(source["path"])).expanduser().is_dir():
             errors.append(f"data.path: image folder {source['path']!r} does not exist")
     if errors or recipe is None:
         raise RecipeError(f"invalid recipe {path}:\n" + "\n".join(f"  {e}" for e in errors))
-    recipe._training_arguments, recipe._pruning_config = training_arguments, pruning_config  # kept, not rebuilt
     return recipe

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithm.statistics import PruningStatistics
-from ..files import write_text_atomic
+from ..files import write_atomic, write_text_atomic
 from ..text import markdown_table
 
 
@@ -81,6 +81,17 @@ def _markdown(r: RunReport, plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: Any, path: Path) -> None:
+    """Lay out ``fig``, write it to ``path`` as a PNG, whole or not at all, and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
 def _plots(r: RunReport, out: Path) -> dict[str, str]:
     import matplotlib
 
@@ -95,9 +106,7 @@ def _plots(r: RunReport, out: Path) -> dict[str, str]:
         ax.set_ylabel("pruning level")
         ax.set_title("Pruning level over training")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "pruning_level.png", dpi=100)
-        plt.close(fig)
+        _save(fig, out / "pruning_level.png")
         made["Pruning level over training"] = "pruning_level.png"
     if r.statistics is not None and r.statistics.layers:
         layers = r.statistics.layers
@@ -109,9 +118,7 @@ def _plots(r: RunReport, out: Path) -> dict[str, str]:
         ax.set_ylabel("output channels")
         ax.set_title("Per-layer widths")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "layer_widths.png", dpi=100)
-        plt.close(fig)
+        _save(fig, out / "layer_widths.png")
         made["Per-layer widths before and after"] = "layer_widths.png"
     return made
 

@@ -15,6 +15,7 @@ run starts and written last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,11 +31,11 @@ from torch import nn
 
 from ..errors import HfPruneError
 from ..integrations.checkpoints import publish_directory, published
-from ..model_kind import example_inputs, input_size
+from ..model_kind import example_inputs, images_of
 from .data import TrainEvalData, load_image_data
 from .preprocessing import transforms_for
 from .models import load_model
-from .recipes import Recipe, load_recipe
+from .recipes import Recipe, RecipeError, load_recipe
 from .report import RunReport, write_report
 
 
@@ -66,7 +67,7 @@ def _build_model(recipe: Recipe) -> nn.Module:
         config_dict = dict(spec.config)
         model_type = config_dict.pop("model_type", None)
         if model_type is None:
-            raise HfPruneError("model.config needs a 'model_type' (e.g. resnet, vit, convnext)")
+            raise RecipeError("model.config needs a 'model_type' (e.g. resnet, vit, convnext)")
         config = AutoConfig.for_model(model_type, **config_dict)
         if spec.num_classes is not None:
             config.num_labels = spec.num_classes
@@ -78,12 +79,11 @@ def _build_model(recipe: Recipe) -> nn.Module:
 
 def _seeded_inputs(model: nn.Module, image_size: int | None) -> Any:
     """Example inputs with the same values on every process of a distributed run."""
-    size = (input_size(model)[0], image_size, image_size) if image_size else None
-    return example_inputs(model, size=size, generator=torch.Generator().manual_seed(0))
+    return example_inputs(model, size=image_size, generator=torch.Generator().manual_seed(0))
 
 
 def _load_data(recipe: Recipe, model: nn.Module, example_inputs: Any) -> TrainEvalData:
-    x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
+    x = images_of(example_inputs)
     d = recipe.data
     transforms = transforms_for(model, d.image_size or int(x.shape[-1]), d.mean, d.std, d.augment)
     return load_image_data(d.source, transforms, name=d.name, path=d.path, train_split=d.train_split,
@@ -121,7 +121,7 @@ def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Pa
     """Train ``model`` dense for ``dense_epochs``; its weights and metrics are kept in ``dense/warmup`` and
     reused instead of training again when the run is started again."""
     from safetensors.torch import load_model, save_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from ..integrations.trainer import trainer_model
 
@@ -129,9 +129,9 @@ def _dense_warmup(recipe: Recipe, model: nn.Module, data: TrainEvalData, out: Pa
     if done is not None:
         load_model(model, done / "model.safetensors")
         return json.loads((done / "metrics.json").read_text())
-    args = dict(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
-                save_strategy="no", load_best_model_at_end=False)
-    trainer = Trainer(model=trainer_model(model), args=TrainingArguments(**args), train_dataset=data.train,
+    args = dataclasses.replace(recipe.training, output_dir=str(out / "dense"), num_train_epochs=recipe.dense_epochs,
+                               save_strategy="no", load_best_model_at_end=False)
+    trainer = Trainer(model=trainer_model(model), args=args, train_dataset=data.train,
                       eval_dataset=data.eval, compute_metrics=accuracy)
     trainer.train()
     metrics = _metrics(trainer.evaluate()) if data.eval is not None else {}
@@ -158,9 +158,9 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
 
     start = time.perf_counter()
     recipe = load_recipe(path, overrides)
-    out = Path(recipe.training.get("output_dir", "outputs")).expanduser()
+    out = Path(recipe.training.output_dir).expanduser()
     _check_writable(out)
-    args = recipe.training_arguments()
+    args = dataclasses.replace(recipe.training, output_dir=str(out / "checkpoints"))
     if args.process_index == 0:
         (out / "report.json").unlink(missing_ok=True)  # the run is not finished (again) until written last
         for leftover in [*out.glob(".*.tmp"), *out.glob("dense/.*.tmp")]:  # written aside by a killed run
@@ -173,8 +173,7 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
 
     if recipe.dense_epochs > 0:
         report.dense_metrics = _dense_warmup(recipe, model, data, out)
-    args.output_dir = str(out / "checkpoints")
-    trainer = PruningTrainer(model=model, args=args, pruning_config=recipe.pruning_config(),
+    trainer = PruningTrainer(model=model, args=args, pruning_config=recipe.pruning,
                              train_dataset=data.train, eval_dataset=data.eval, compute_metrics=accuracy,
                              example_inputs=example_inputs)
     if recipe.dense_epochs == 0 and data.eval is not None:
@@ -226,7 +225,7 @@ def _onnx_speed(recipe: Recipe, example_inputs: Any, pruned_onnx: Path, out: Pat
     dense = _build_model(recipe)
     publish_directory(out / "onnx_dense", lambda tmp: export_onnx(dense, tmp))
     dense_onnx = out / "onnx_dense" / ONNX_NAME
-    x = example_inputs["pixel_values"] if isinstance(example_inputs, dict) else example_inputs
+    x = images_of(example_inputs)
     shape = (8, *x.shape[1:])
     dense_ms, pruned_ms = ort_latency(dense_onnx, shape), ort_latency(pruned_onnx, shape)
     return {"batch": 8, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms}

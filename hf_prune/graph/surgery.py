@@ -17,6 +17,7 @@ from .adapters import (
     refresh_model_widths, resize_attributes,
 )
 from .spaces import SpaceTable
+from .standardization import standardized_preimage
 from .trace import ModelTrace
 
 
@@ -72,14 +73,14 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
 
 
 def _split_sizes(T: SpaceTable, leaf_masks: dict[int, torch.Tensor]) -> dict[str, tuple[dict[int, int], set[int]]]:
-    """Per module that splits pruned channels with a reshape (attention into heads): old size → new size of
-    each split space and of its factors, and the sizes of factors that keep theirs."""
+    """Per module that splits pruned channels with a reshape (attention into heads) or into equal chunks: old
+    size → new size of each split space and of its factors, and the sizes of factors that keep theirs."""
     out: dict[str, tuple[dict[int, int], set[int]]] = {}
     for leaf, mask in leaf_masks.items():
         if bool(mask.all()):
             continue
         for root, d in T.ancestors(leaf):
-            if d is None or d.site.cause != "reshape":
+            if d is None or d.site.cause not in ("reshape", "split"):
                 continue
             sizes, unchanged = out.setdefault(d.site.module, ({}, set()))
             for space in [root] + d.children:
@@ -93,8 +94,12 @@ def _split_sizes(T: SpaceTable, leaf_masks: dict[int, torch.Tensor]) -> dict[str
 
 @torch.no_grad()
 def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor], inplace: bool = True,
-                zero_norms: bool = True) -> nn.Module:
+                zero_norms: bool = True, standardized: bool = True) -> nn.Module:
     """Zero pruned filters, their norm parameters and consuming weights, keeping shapes (NNCF export).
+
+    A weight standardized in forward gets its :func:`.standardization.standardized_preimage` instead, so that
+    the zeroed model computes what the stripped one does; the result is final (masking or stripping it again
+    is not exact). ``standardized=False`` leaves such weights as they are (for a model whose mask hooks stay).
 
     ``zero_norms=False`` leaves normalization layers' parameters alone (NNCF's ``prune_batch_norms``).
 
@@ -107,7 +112,7 @@ def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch
         module_name, _, attr = name.rpartition(".")
         module = modules[module_name]
         p = module._parameters.get(attr)
-        if p is None or (not zero_norms and isinstance(module, _NORMS)):
+        if p is None or (not zero_norms and isinstance(module, _NORMS)) or (not standardized and name in trace.standardized):
             continue
         mask = None
         for d, lab in enumerate(labels):
@@ -119,10 +124,12 @@ def zero_pruned(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch
                 mask = keep if mask is None else mask * keep
         if mask is None:
             continue
+        eps = trace.standardized.get(name)
+        new = p * mask if eps is None else standardized_preimage(p, mask, eps)
         if inplace:
-            p.mul_(mask)
+            p.copy_(new)
         else:
-            module._parameters[attr] = nn.Parameter(p * mask, requires_grad=p.requires_grad)
+            module._parameters[attr] = nn.Parameter(new, requires_grad=p.requires_grad)
     return model
 
 
@@ -145,8 +152,9 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
         name: list(t.shape) for name, t in model.state_dict().items()
         if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
     }
-    groups = {name: m.groups for name, m in model.named_modules()
-              if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
+    ref_modules = dict(reference.named_modules()) if reference is not None else {}
+    groups = {name: m.groups for name, m in model.named_modules()  # also a grouped conv left with one group
+              if isinstance(m, nn.modules.conv._ConvNd) and max(m.groups, getattr(ref_modules.get(name), "groups", 1)) > 1}
     spec = {"shapes": shapes, "conv_groups": groups}
     if reference is not None:
         spec["attributes"] = _changed_attributes(model, reference)

@@ -6,12 +6,15 @@ work; every op reaches us as one of ATen's canonical operators (so a few dozen r
 and ``torch.Tag.pointwise`` classifies the elementwise ones authoritatively); parameters keep their
 identity, so each op knows which weights it uses; and a forward pass costs milliseconds, not the
 seconds of ``torch.export``. Module hooks give every op its module path for error messages and reasons.
+
+How each op moves channels is its rule in :data:`CHANNEL_RULES`; :func:`register_channel_rule` adds one for an
+op the table lacks (an op without a rule keeps every channel it touches, with that as the stated reason).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import nn
@@ -20,7 +23,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
 from ..errors import AnalysisError
-from .canonical import canonicalize
+from ..text import did_you_mean
+from .canonical import OP_VARIANTS, canonicalize
 from .norms import NormRecord, NormTracker
 from .spaces import Label, Site, SpaceTable
 
@@ -79,6 +83,8 @@ class ModelTrace:
     opaque_ops: dict[str, str]
     input_labels: list[Label]
     module_classes: dict[str, str]
+    standardized: dict[str, float] = field(default_factory=dict)
+    """Parameters standardized per output filter in forward (weight-standardized convs), with their eps."""
     head_labels: list[Label] = field(default_factory=list)
     """Batch dimensions of per-head contractions (``scaled_dot_product_attention``, a matmul of two
     activations): the attention heads, when a reshape split them from a projection's channels."""
@@ -166,29 +172,13 @@ class _Tracer(TorchDispatchMode):
         self.flop_ops: list[FlopOp] = []
         self.convs: list[ConvRecord] = []
         self.computed_weights: dict[str, str] = {}
+        self.standardized: dict[str, float] = {}  # parameter → eps of its per-filter standardization
         self.opaque_ops: dict[str, str] = {}  # module → why an op without a channel rule blocks its parameters
         self.head_labels: list[Label] = []
         self.norms = NormTracker.of(model)
         self.stack: list[str] = [""]
         self.last_op = ""
         self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
-        self.rules: dict[Any, Callable] = {
-            aten.convolution: self._conv, aten.mm: self._mm, aten.addmm: self._mm, aten.bmm: self._mm,
-            aten.baddbmm: self._mm, aten.native_layer_norm: self._layer_norm,
-            aten.native_group_norm: self._group_norm, aten.permute: self._permute,
-            aten.transpose: self._transpose, aten.t: self._transpose, aten.expand: self._expand,
-            aten.cat: self._cat, aten.stack: self._stack, aten.slice: self._slice, aten.select: self._select,
-            aten.split: self._split, aten.split_with_sizes: self._split, aten.unbind: self._unbind,
-            aten.constant_pad_nd: self._pad, aten.copy_: self._pointwise,
-            aten.as_strided: self._restride, aten.as_strided_: self._restride, aten.index: self._index,
-            aten.embedding: self._embedding,
-        }
-        for ops, rule in ((_IDENTITY, self._identity), (_ELEMENTWISE, self._pointwise), (_VIEW_LIKE, self._reshape),
-                          (_SPATIAL_OPS, self._spatial),
-                          (_REDUCTIONS, self._reduction), (_SOFTMAX, self._softmax),
-                          (_BATCH_NORMS, self._batch_norm), (_SDPA, self._sdpa)):
-            for op in ops:
-                self.rules[op] = rule
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -254,15 +244,16 @@ class _Tracer(TorchDispatchMode):
             return out
         func, args, kwargs = canonicalize(func, args, kwargs)
         packet = func.overloadpacket
-        rule = self.rules.get(packet)
+        rule = CHANNEL_RULES.get(packet)
         if rule is None and torch.Tag.pointwise in func.tags:
-            rule = self._pointwise
+            rule = _Tracer._pointwise
         if rule is not None:
-            rule(func, args, kwargs, out)
+            rule(self, func, args, kwargs, out)
         elif not ins:
             self.label_outputs(outs, f"created by {self.where(self.last_op)}")
         else:
-            reason = f"used by {self.where(self.last_op)}, which has no channel rule"
+            reason = (f"used by {self.where(self.last_op)}, which has no channel rule "
+                      f"(hf_prune.register_channel_rule)")
             self.block_all(ins, reason)
             self.label_outputs(outs, f"produced by {self.where(self.last_op)}")
             for t in ins:
@@ -387,12 +378,28 @@ class _Tracer(TorchDispatchMode):
             func.overloadpacket is not aten._native_batch_norm_legit_no_training
             and next((a for a in args[1:] if isinstance(a, bool)), False)
         )
+        if training and self._standardizes_weight(args, x):
+            self.standardized[x.param] = float(args[-1])  # eps: each variant's last argument
+            self.set(out[0], list(x.labels), param=x.param, op="weight standardization")
+            self.label_outputs(_tensors(out[1:]), f"statistics of {self.where(self.last_op)}")
+            return
         if training:
             for d, lab in enumerate(x.labels):
                 if d != 1:
                     self.table.block_label(lab, f"batch statistics over it in {self.where(self.last_op)}")
         self.set(out[0], list(x.labels), op=self.last_op)
         self.label_outputs(_tensors(out[1:]), f"statistics of {self.where(self.last_op)}")
+
+    def _standardizes_weight(self, args, x: TensorInfo) -> bool:
+        """A batch norm of a parameter viewed as ``(1, out, rest)``, without bias or running statistics: each
+        filter standardized over its inputs × kernel (timm's ``StdConv2d``); masks make its statistics
+        cover kept inputs only (:mod:`.standardization`)."""
+        t = args[0]
+        if x.param is None or t.dim() != 3 or t.shape[0] != 1 or _tensors(args[2:5]):
+            return False
+        labels = self.param_labels[x.param]
+        atoms = self.table.atoms
+        return atoms(labels[0]) == atoms(x.labels[1]) and atoms(tuple(s for lab in labels[1:] for s in lab)) == atoms(x.labels[2])
 
     def _layer_norm(self, func, args, kwargs, out):
         x = self.info(args[0])
@@ -412,7 +419,7 @@ class _Tracer(TorchDispatchMode):
 
     def _group_norm(self, func, args, kwargs, out):
         x = self.info(args[0])
-        groups = args[7]
+        groups = args[6]  # native_group_norm(input, weight, bias, N, C, HxW, group, eps)
         channel = x.labels[1]
         for p in _tensors(args[1:3]):
             self.table.unify(channel, self.info(p).labels[0])
@@ -426,7 +433,8 @@ class _Tracer(TorchDispatchMode):
             if parts is None:
                 self.table.block_label(channel, reason)
             else:
-                self.table.block_label(parts[1], reason)
+                self.table.block_label(parts[1], f"channels inside the groups of GroupNorm {self.module or '<model>'} "
+                                                 f"(whole groups of {size // groups} channels are pruned)")
         for lab in x.labels[2:]:
             self.table.block_label(lab, reason)
         self.set(out[0], list(x.labels), op=self.last_op)
@@ -485,6 +493,8 @@ class _Tracer(TorchDispatchMode):
             self._use(w, w.labels[w_out], "out")
             self._use(w, w.labels[w_in], "in")
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
+        for lab in x.labels[2:]:  # channels here are mixed with their neighbours (ECA attention)
+            self.table.block_label(lab, f"convolved over as a spatial axis by {where}")
         spatial = [self.table.new_label(n, f"spatial dimension of {where}") for n in out.shape[2:]]
         self.set(out, [x.labels[0], out_label] + spatial, op=self.last_op)
 
@@ -623,6 +633,16 @@ class _Tracer(TorchDispatchMode):
             self.table.block(c, f"sliced at fixed offsets by {self.where(self.last_op)}")
         return [(c,) if self.table.size(c) > 1 else () for c in children]
 
+    def _equal_chunks(self, label: Label, sizes: list[int]) -> Label | None:
+        """Equal chunks (``chunk``, Res2Net's ``split(width)``) as a view ``(chunks, width)``: the chunk index is
+        fixed by the code, the width is shared, so every chunk keeps the same channels and all shrink together
+        (a split size held in a module attribute is resized by the strip)."""
+        parts = self.table.split(label, [len(sizes), sizes[0]], Site("split", self.module))
+        if parts is None:
+            return None
+        self.table.block_label(parts[0], f"split into {len(sizes)} chunks by {self.where(self.last_op)} (their number is fixed)")
+        return parts[1]
+
     def _slice(self, func, args, kwargs, out):
         t = args[0]
         x = self.info(t)
@@ -656,7 +676,8 @@ class _Tracer(TorchDispatchMode):
         x = self.info(t)
         dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % t.dim()
         sizes = [o.shape[dim] for o in out]
-        segs = self._segments(t, dim, sizes)
+        chunk = self._equal_chunks(x.labels[dim], sizes) if len(sizes) > 1 and len(set(sizes)) == 1 else None
+        segs = [chunk] * len(sizes) if chunk is not None else self._segments(t, dim, sizes)
         if segs is None:
             reason = f"split irregularly by {self.where(self.last_op)}"
             self.table.block_label(x.labels[dim], reason)
@@ -704,6 +725,59 @@ class _Tracer(TorchDispatchMode):
             a, b = self.info(a_t), self.info(b_t)
             labels = list(a.labels) + [b.labels[-1]]
         self.flop_ops.append(FlopOp(self.last_op, self.module, flops, labels))
+
+
+ChannelRule = Callable[[_Tracer, torch._ops.OpOverload, tuple, dict, Any], None]
+"""How an op moves channels, called as ``rule(tracer, func, args, kwargs, out)`` after the op ran. It labels
+every output tensor with ``tracer.set(out, labels)``, where ``labels`` has one channel space per output
+dimension, taken from the inputs' (``tracer.info(t).labels``) or new (``tracer.fresh(t, reason)``). Spaces that
+must shrink together are joined with ``tracer.table.unify(a, b)``; a dimension the op mixes (sums over,
+normalizes over, indexes) is kept whole with ``tracer.table.block_label(label, reason)``, where the reason says
+why, e.g. ``f"summed over by {tracer.where('mylib.op')}"``."""
+
+CHANNEL_RULES: dict[Any, ChannelRule] = {
+    aten.convolution: _Tracer._conv, aten.mm: _Tracer._mm, aten.addmm: _Tracer._mm, aten.bmm: _Tracer._mm,
+    aten.baddbmm: _Tracer._mm, aten.native_layer_norm: _Tracer._layer_norm,
+    aten.native_group_norm: _Tracer._group_norm, aten.permute: _Tracer._permute,
+    aten.transpose: _Tracer._transpose, aten.t: _Tracer._transpose, aten.expand: _Tracer._expand,
+    aten.cat: _Tracer._cat, aten.stack: _Tracer._stack, aten.slice: _Tracer._slice, aten.select: _Tracer._select,
+    aten.split: _Tracer._split, aten.split_with_sizes: _Tracer._split, aten.unbind: _Tracer._unbind,
+    aten.constant_pad_nd: _Tracer._pad, aten.copy_: _Tracer._pointwise,
+    aten.as_strided: _Tracer._restride, aten.as_strided_: _Tracer._restride, aten.index: _Tracer._index,
+    aten.embedding: _Tracer._embedding,
+}
+"""Op packet → its channel rule (ATen ops a backend renames reach their rule through
+:mod:`.canonical`'s variants; ops tagged ``torch.Tag.pointwise`` without an entry are per element)."""
+for _ops, _rule in ((_IDENTITY, _Tracer._identity), (_ELEMENTWISE, _Tracer._pointwise), (_VIEW_LIKE, _Tracer._reshape),
+                    (_SPATIAL_OPS, _Tracer._spatial),
+                    (_REDUCTIONS, _Tracer._reduction), (_SOFTMAX, _Tracer._softmax),
+                    (_BATCH_NORMS, _Tracer._batch_norm), (_SDPA, _Tracer._sdpa)):
+    CHANNEL_RULES.update(dict.fromkeys(_ops, _rule))
+
+_NAMED_RULES: dict[str, ChannelRule] = {"pointwise": _Tracer._pointwise, "identity": _Tracer._identity}
+
+
+def register_channel_rule(op: Any, rule: ChannelRule | Literal["pointwise", "identity"]) -> None:
+    """Tell the analysis how ``op`` (e.g. ``torch.ops.mylib.fused_act``) moves channels, so the layers around it
+    can be pruned: ``"pointwise"`` for an op computed per element (inputs broadcast, the output keeps their
+    channels), ``"identity"`` for an op whose output is its first input's channels unchanged, or a
+    :data:`ChannelRule`. An op that computes what an ATen op computes under another name or argument layout is
+    an op variant instead (:func:`hf_prune.register_op_variant`): it then shares that op's rule and FLOPs."""
+    packet = op.overloadpacket if isinstance(op, torch._ops.OpOverload) else op
+    if not isinstance(packet, torch._ops.OpOverloadPacket):
+        raise TypeError(f"op must be an operator such as torch.ops.mylib.my_op, got {op!r}")
+    if packet in OP_VARIANTS:
+        raise ValueError(f"{packet} is registered as a variant of {OP_VARIANTS[packet][0]}: that op's channel rule "
+                         "applies to it")
+    if isinstance(rule, str):
+        if rule not in _NAMED_RULES:
+            raise ValueError(f"unknown channel rule {rule!r}{did_you_mean(rule, _NAMED_RULES)}; expected "
+                             f"{' or '.join(map(repr, _NAMED_RULES))} or a function (tracer, func, args, kwargs, out)")
+        rule = _NAMED_RULES[rule]
+    elif not callable(rule):
+        raise TypeError(f"rule must be 'pointwise', 'identity' or a function (tracer, func, args, kwargs, out), "
+                        f"got {rule!r}")
+    CHANNEL_RULES[packet] = rule
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -790,5 +864,6 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         input_labels=input_labels,
         module_classes={n: type(m).__name__ for m, n in names.items()},
         head_labels=tracer.head_labels,
+        standardized=tracer.standardized,
         norms=norms,
     )

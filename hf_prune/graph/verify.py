@@ -41,16 +41,13 @@ def _probe_masks(groups: list[PruningGroup]) -> dict[int, torch.Tensor]:
 def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any) -> str | None:
     """None if stripping a bit of ``groups`` keeps the outputs, else what went wrong."""
     masks = _probe_masks(groups)
-    probe = shallow_copy(model).eval()
     try:
         with torch.no_grad():
-            zero_pruned(probe, trace, masks, inplace=False)
-            hooks = install_norm_hooks(probe, norm_masks(trace.table, trace.norms, masks))
-            expected = _outputs(call_model(probe, inputs))
-            for h in hooks:
-                h.remove()
-            strip(probe, trace, masks)
-            got = _outputs(call_model(probe, inputs))
+            zeroed = zero_pruned(shallow_copy(model).eval(), trace, masks, inplace=False)
+            install_norm_hooks(zeroed, norm_masks(trace.table, trace.norms, masks))  # statistics over kept channels
+            expected = _outputs(call_model(zeroed, inputs))
+            stripped = strip(shallow_copy(model).eval(), trace, masks)  # from the dense weights, not the zeroed
+            got = _outputs(call_model(stripped, inputs))
     except Exception as e:  # noqa: BLE001 - the error becomes the group's stated reason
         return f"the stripped model fails: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     for a, b in zip(expected, got):

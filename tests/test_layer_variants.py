@@ -1,0 +1,171 @@
+"""Layers that used to be refused, on real timm / torchvision models: each is pruned with an exact strip
+(stripped == masked) or refused with a reason a user understands."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from timm.layers import StdConv2d
+from torch import nn
+
+import hf_prune
+from conftest import randomize_norms
+from models import TIMM_SMALL
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _pruned(model: nn.Module, x: torch.Tensor, level: float = 0.3, **params):
+    """(controller, masked outputs, stripped model) at ``level``, after checking stripped == masked and
+    that the stripped model has the parameters the controller predicted."""
+    randomize_norms(model)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5, **params}},
+                                              example_inputs=x[:1])
+    ctrl.set_pruning_level(level)
+    with torch.no_grad():
+        masked = model(x)
+        stripped = ctrl.strip_model(model, do_copy=True)
+        out = stripped(x)
+    assert type(stripped) is type(model)
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max(), "stripped != masked"
+    assert _n_params(stripped) == round(ctrl.current_params) < _n_params(model)
+    return ctrl, masked, stripped
+
+
+def _consumers(ctrl, cls: type) -> set[str]:
+    """Layers of class ``cls`` whose input channels a prunable group removes."""
+    return {m for g in ctrl.groups.values() for m in g.consumers if isinstance(ctrl.model.get_submodule(m), cls)}
+
+
+# ---------------------------------------------------------------------------------------- weight standardization
+def test_weight_standardized_convs_prune_inputs_and_outputs_exactly():
+    """StdConv2d standardizes each filter over inputs × kernel: the masked layer takes its statistics over the
+    kept inputs only, so input channels of standardized convs are pruned and the strip is exact."""
+    model, x = TIMM_SMALL["timm_bit"]().eval(), torch.randn(2, 3, 64, 64)
+    ctrl, masked, stripped = _pruned(model, x)
+    assert len(_consumers(ctrl, StdConv2d)) >= 16  # every bottleneck's conv2 and conv3 read pruned channels
+    assert _n_params(stripped) / _n_params(model) < 0.9
+    assert not any("computed in forward" in r for rs in ctrl.analysis.unprunable_layers.values() for r in rs)
+    # the zeros format (NNCF's export) computes the same function, and so does the model after prepare_for_export
+    with torch.no_grad():
+        zeros = ctrl.strip_model(model, do_copy=True, strip_format="zeros")
+        torch.testing.assert_close(zeros(x), masked, rtol=1e-4, atol=1e-5)
+        ctrl.prepare_for_export()
+        torch.testing.assert_close(model(x), masked, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ctrl.strip_model(model, do_copy=True)(x), masked, rtol=1e-4, atol=1e-5)
+
+
+def test_scaled_weight_standardization_trains_like_the_stripped_model():
+    """NFNet's ScaledStdConv2d (gain, fan-in scale): exact strip, and the masked model's gradients on kept
+    weights are the stripped model's, so training under masks trains the model that will be kept."""
+    from timm.layers import ScaledStdConv2d
+
+    model, x = timm.create_model("test_nfnet", num_classes=10).eval(), torch.randn(2, 3, 64, 64)
+    ctrl, _, stripped = _pruned(model, x)
+    consumers = _consumers(ctrl, ScaledStdConv2d)
+    assert len(consumers) >= 8
+    assert _n_params(stripped) / _n_params(model) < 0.75
+    name = sorted(consumers)[0]
+    model(x).square().mean().backward()
+    stripped(x).square().mean().backward()
+    dense_grad, small_grad = model.get_submodule(name).weight.grad, stripped.get_submodule(name).weight.grad
+    kept_out, kept_in = (ctrl.param_dim_mask(f"{name}.weight", d) for d in (0, 1))
+    assert not bool(kept_in.all())
+    torch.testing.assert_close(dense_grad[kept_out][:, kept_in], small_grad, rtol=1e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- GroupNorm
+def test_groupnorm_prunes_whole_groups():
+    """GroupNorm's statistics are per group: whole groups are pruned, ``num_groups`` follows."""
+    model = TIMM_SMALL["timm_resnetv2_gn"]().eval()
+    ctrl, _, stripped = _pruned(model, torch.randn(2, 3, 64, 64))
+    norms = {n for g in ctrl.groups.values() for m in g.members if m.role == "channel"
+             and isinstance(model.get_submodule(n := m.module), nn.GroupNorm)}
+    assert len(norms) >= 8
+    assert _n_params(stripped) / _n_params(model) < 0.7
+    for name in norms:
+        dense, small = model.get_submodule(name), stripped.get_submodule(name)
+        assert small.num_channels < dense.num_channels
+        assert small.num_channels // small.num_groups == dense.num_channels // dense.num_groups  # whole groups
+
+
+# ---------------------------------------------------------------------------------------------------- (c)
+def test_res2net_equal_chunks_shrink_together():
+    """Res2Net splits its bottleneck into ``scale`` chunks of ``width`` channels (``torch.split(x, self.width)``),
+    processes and concatenates them: all chunks keep the same channels and ``width`` is resized."""
+    model = TIMM_SMALL["timm_res2net"]().eval()
+    ctrl, _, stripped = _pruned(model, torch.randn(2, 3, 64, 64))
+    block = "layer1.0"
+    assert any(g.producers == [f"{block}.conv1"] for g in ctrl.groups.values())  # the chunked bottleneck width
+    assert stripped.get_submodule(block).width < model.get_submodule(block).width == 26
+    assert stripped.get_submodule(f"{block}.conv1").out_channels == 4 * stripped.get_submodule(block).width
+    assert _n_params(stripped) / _n_params(model) < 0.9
+
+
+def test_shufflenet_keeps_working_and_says_why_its_stage_widths_stay():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    ctrl, _, stripped = _pruned(model, torch.randn(2, 3, 64, 64))
+    assert len(ctrl.groups) >= 16  # the inner width of every branch
+    assert _n_params(stripped) / _n_params(model) < 0.85
+    reasons = ctrl.analysis.unprunable_layers["stage2.0.branch2.5"]
+    assert any("split by a reshape in stage2.0 (InvertedResidual)" in r for r in reasons)  # the channel shuffle
+
+
+def test_repvgg_before_and_after_reparameterization():
+    """A RepVGG stage's width is tied to its stride-2 first block by the identity branches (refused under NNCF's
+    default prune_downsample_convs=false, saying so); with it, the pruned training-time model still
+    re-parameterizes exactly; the re-parameterized model prunes its stride-1 blocks by default."""
+    from timm.utils.model import reparameterize_model
+
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(hf_prune.NothingPrunableError, match="prune_downsample_convs=false"):
+        hf_prune.create_pruning_controller(timm.create_model("repvgg_a0", num_classes=10).eval(), None,
+                                           example_inputs=x[:1])
+    model = timm.create_model("repvgg_a0", num_classes=10).eval()
+    ctrl, _, stripped = _pruned(model, x, prune_downsample_convs=True)
+    assert _n_params(stripped) / _n_params(model) < 0.6
+    with torch.no_grad():
+        before = stripped(x)
+        fused = reparameterize_model(stripped)
+        torch.testing.assert_close(fused(x), before, rtol=1e-4, atol=1e-5)
+
+    fused_dense = reparameterize_model(timm.create_model("repvgg_a0", num_classes=10).eval())
+    ctrl, _, stripped = _pruned(fused_dense, x)
+    assert len(ctrl.groups) >= 16
+    assert _n_params(stripped) / _n_params(fused_dense) < 0.65
+
+
+def test_transposed_convs_prune_exactly():
+    """BEiT's segmentation FPN upsamples with ConvTranspose2d (weight: in × out): its filters are pruned."""
+    from transformers import BeitConfig, BeitForSemanticSegmentation
+
+    model = BeitForSemanticSegmentation(BeitConfig(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        out_indices=[1, 2, 3, 4], num_labels=5, auxiliary_channels=32, pool_scales=[1, 2])).eval()
+    x = torch.randn(2, 3, 32, 32)
+    randomize_norms(model)
+    ctrl = hf_prune.create_pruning_controller(model, None, example_inputs={"pixel_values": x[:1]})
+    transposed = {p for g in ctrl.groups.values() for p in g.producers
+                  if isinstance(model.get_submodule(p), nn.ConvTranspose2d)}
+    assert len(transposed) == 3  # fpn1's two and fpn2's (named differently in transformers 4 and 5)
+    ctrl.set_pruning_level(0.3)
+    with torch.no_grad():
+        masked = model(pixel_values=x).logits
+        stripped = ctrl.strip_model(model, do_copy=True)
+        torch.testing.assert_close(stripped(pixel_values=x).logits, masked, rtol=1e-4, atol=1e-5)
+    assert all(stripped.get_submodule(p).out_channels < model.get_submodule(p).out_channels for p in transposed)
+    assert _n_params(stripped) == round(ctrl.current_params)
+
+
+def test_channel_convolving_attention_is_refused_with_its_reason():
+    """ECA attention runs a 1-d convolution along the channels (each gate reads its neighbours): the channels
+    it gates stay, saying so; the bottlenecks' inner widths still prune."""
+    model = timm.create_model("ecaresnet26t", num_classes=10).eval()
+    analysis = hf_prune.analyze_model(model, torch.randn(1, 3, 64, 64))
+    assert analysis.prunable_groups
+    reasons = analysis.unprunable_layers["layer1.0.conv3"]
+    assert "convolved over as a spatial axis by aten.convolution in layer1.0.se.conv" in reasons
