@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 
+from hf_prune.graph.norms import norm_kind
+
 warnings.filterwarnings("ignore", category=UserWarning, module="timm")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -28,7 +30,7 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            if isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)) or norm_kind(module):
                 if getattr(module, "weight", None) is not None:
                     module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
                 if getattr(module, "bias", None) is not None:

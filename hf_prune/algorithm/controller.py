@@ -18,6 +18,7 @@ from ..distributed import is_main_process
 from ..errors import NothingPrunableError, PruningLevelError, PruningStateError
 from ..graph.analysis import ModelAnalysis, analyze_model
 from ..graph.groups import PruningGroup, PruningPolicy, nncf_scopes
+from ..graph.norms import norm_masks
 from ..graph.record import record_strip
 from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
@@ -540,7 +541,8 @@ class FilterPruningController:
                 view[d] = -1
                 mask = mask * T.label_mask(trace.param_labels[param][d], leaf).reshape(view).float()
             masks[param] = mask
-        self._masker.apply(self.model, masks, trace.standardized)
+        spaces = {g.space for g in self._groups.values()}
+        self._masker.apply(self.model, masks, trace.standardized, norm_masks(T, trace.norms, leaf, spaces))
 
 
 def has_pruning_masks(model: nn.Module) -> bool:

@@ -5,14 +5,19 @@ weights are multiplied by the mask for the duration of each forward call. Everyt
 and consumer is per-channel, so a pruned channel then influences nothing: the model computes exactly
 what the stripped model will, and pruned filters receive zero gradient. Parameters stay the same
 objects with the same names, so ``state_dict``, optimizers, DDP and checkpoints are unaffected.
+
+A normalization whose statistics run over pruned channels (LayerNorm, RMSNorm, GRN) computes them over the
+kept channels only while masks are active (:mod:`hf_prune.graph.norms`), as its stripped self will.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..graph.analysis import remove_forward_hooks
+from ..graph.norms import NormMaskHook, NormRecord
 from ..graph.standardization import standardized_preimage
 
 
@@ -69,13 +74,19 @@ class WeightMasker:
 
     def __init__(self) -> None:
         self._hooks: dict[nn.Module, tuple[_MaskHook, list]] = {}
+        self._norm_hooks: dict[str, tuple[NormMaskHook, RemovableHandle]] = {}
 
-    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor], standardized: dict[str, float] | None = None) -> None:
-        """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``). Masks of the same
-        parameters as before are updated in place; another set of parameters replaces the hooks.
+    def apply(self, model: nn.Module, masks: dict[str, torch.Tensor], standardized: dict[str, float] | None = None,
+              norms: dict[str, tuple[NormRecord, torch.Tensor]] | None = None) -> None:
+        """Mask each named parameter (``{"layer.weight": broadcastable 0/1 mask}``) and compute each named
+        normalization over its kept channels (``{"block.norm1": (record, kept-channel mask)}``). Masks of the
+        same parameters and norms as before are updated in place; another set replaces the hooks.
         ``standardized`` (parameter → eps) names weights standardized per filter in forward: they are given
         their :func:`~hf_prune.graph.standardization.standardized_preimage` instead of being zeroed."""
-        standardized = standardized or {}
+        self._apply_weights(model, masks, standardized or {})
+        self._apply_norms(model, norms or {})
+
+    def _apply_weights(self, model: nn.Module, masks: dict[str, torch.Tensor], standardized: dict[str, float]) -> None:
         by_module: dict[nn.Module, dict[str, torch.Tensor]] = {}
         eps: dict[nn.Module, dict[str, float]] = {}
         for full_name, mask in masks.items():
@@ -90,20 +101,39 @@ class WeightMasker:
             for module, module_masks in by_module.items():
                 self._hooks[module][0].update(module_masks)
             return
-        self.remove()
+        self._remove_weights()
         for module, module_masks in by_module.items():
             hook = _MaskHook(module_masks, eps.get(module, {}))
             handles = [module.register_forward_pre_hook(hook.pre),
                        module.register_forward_hook(hook.post, always_call=True)]
             self._hooks[module] = (hook, handles)
 
-    def remove(self) -> None:
+    def _apply_norms(self, model: nn.Module, norms: dict[str, tuple[NormRecord, torch.Tensor]]) -> None:
+        if norms.keys() == self._norm_hooks.keys():
+            for name, (_, mask) in norms.items():
+                self._norm_hooks[name][0].update(mask)
+            return
+        self._remove_norms()
+        for name, (record, mask) in norms.items():
+            hook = NormMaskHook(record, mask)
+            self._norm_hooks[name] = (hook, model.get_submodule(name).register_forward_hook(hook.post))
+
+    def _remove_norms(self) -> None:
+        for _, handle in self._norm_hooks.values():
+            handle.remove()
+        self._norm_hooks.clear()
+
+    def _remove_weights(self) -> None:
         for hook, handles in self._hooks.values():
             for h in handles:
                 h.remove()
         self._hooks.clear()
 
+    def remove(self) -> None:
+        self._remove_weights()
+        self._remove_norms()
+
 
 def remove_mask_hooks(model: nn.Module) -> None:
     """Drop hf_prune mask hooks from a model (e.g. from a deep copy that inherited them)."""
-    remove_forward_hooks(model, lambda owner: isinstance(owner, _MaskHook))
+    remove_forward_hooks(model, lambda owner: isinstance(owner, (_MaskHook, NormMaskHook)))

@@ -20,14 +20,16 @@ from torch import nn
 
 from ..model_kind import library_of
 
-WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                nn.Embedding)
 """Layers whose width attributes :func:`refresh_attributes` derives from their weights."""
 
 _PER_HEAD_WORDS = ("dim", "size", "width")
 
 
 def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
-    """Set a conv/linear/norm layer's width attributes from its current parameter shapes."""
+    """Set a conv/linear/norm layer's width attributes (a norm's ``normalized_shape``) from its current
+    parameter shapes."""
     if isinstance(module, nn.modules.conv._ConvNd):
         if groups is not None:
             module.groups = groups
@@ -38,6 +40,8 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         ref = module.weight if module.weight is not None else module.running_mean
         if ref is not None:
@@ -47,9 +51,10 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
             per_group = module.num_channels // module.num_groups
             module.num_channels = module.weight.shape[0]
             module.num_groups = module.num_channels // per_group
-    elif isinstance(module, nn.LayerNorm):
-        if module.weight is not None:
-            module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(getattr(module, "normalized_shape", None), tuple):  # LayerNorm, RMSNorm (torch's, timm's)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == len(module.normalized_shape):
+            module.normalized_shape = tuple(weight.shape)
 
 
 def int_attributes(module: nn.Module) -> dict[str, int]:

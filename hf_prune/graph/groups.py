@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ScopeError
 from ..text import did_you_mean
+from .adapters import is_timm_model
 from .spaces import SpaceTable
 from .trace import ModelTrace
 
@@ -172,6 +173,7 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
             for leaf in T.leaves(conv.out_label):
                 policy_reasons.setdefault(leaf, []).append(reason)
 
+    pools = _attention_pool_widths(trace, model)
     flops: dict[int, float] = {}
     for op in trace.flop_ops:
         for lab in op.labels:
@@ -185,6 +187,9 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
         reasons = T.reasons(leaf) + policy_reasons.get(leaf, [])
         reasons += _split_reasons(T, leaf, heads, head_roots, trace.module_classes)
         producers = sorted({m.module for m in mems if m.role == "out"})
+        pool = pools.get(leaf)
+        if pool is not None and all(p.startswith(pool[0] + ".") == pool[1] for p in producers):
+            reasons.append(pool[2])
         for p in producers:
             hit = ignored(p)
             if hit is not None:
@@ -201,6 +206,34 @@ def build_groups(trace: ModelTrace, model: nn.Module, policy: PruningPolicy) -> 
     for i, g in enumerate(groups):
         g.id = i
     return groups
+
+
+def _attention_pool_widths(trace: ModelTrace, model: nn.Module) -> dict[int, tuple[str, bool, str]]:
+    """Channel spaces around the attention pool (``attn_pool``) of a timm model → (the pool's name, whether the
+    reason applies to spaces the pool produces (else to those it reads), why they keep their width): timm's
+    ``reset_classifier`` builds a classifier of ``embed_dim`` inputs, so the pool's output width (the
+    classifier's input) and the residual width it reads must both stay what they are."""
+    T = trace.table
+    out: dict[int, tuple[str, bool, str]] = {}
+    names: dict[nn.Module, str] = {}
+    for path, m in model.named_modules():
+        pool = getattr(m, "attn_pool", None)
+        if not isinstance(pool, nn.Module) or type(getattr(m, "embed_dim", None)) is not int or not is_timm_model(m):
+            continue
+        names = names or {m: n for n, m in model.named_modules()}
+        name, cls = names[pool], type(m).__name__
+        why = (f"timm's {cls}.reset_classifier builds a classifier of embed_dim ({m.embed_dim}) inputs, which must "
+               f"stay the width of the attention pool {name} ({type(pool).__name__}) and of the residual it reads")
+        classifier = names.get(m.get_classifier()) if hasattr(m, "get_classifier") else None
+        labels = trace.param_labels.get(f"{classifier}.weight") if classifier else None
+        if labels is not None and len(labels) == 2:
+            for leaf in T.leaves(labels[1]):
+                out[leaf] = (name, True, f"output channels of {name}, the classifier's input: {why}")
+        for u in trace.uses:
+            if u.role == "in" and u.module.startswith(name + "."):
+                for leaf in T.leaves(trace.param_labels[u.param][u.dim]):
+                    out.setdefault(leaf, (name, False, f"channels read by {name}: {why}"))
+    return out
 
 
 def head_leaves(trace: ModelTrace) -> set[int]:

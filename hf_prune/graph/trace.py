@@ -25,6 +25,7 @@ from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 from ..errors import AnalysisError
 from ..text import did_you_mean
 from .canonical import OP_VARIANTS, canonicalize
+from .norms import NormRecord, NormTracker
 from .spaces import Label, Site, SpaceTable
 
 aten = torch.ops.aten
@@ -87,6 +88,8 @@ class ModelTrace:
     head_labels: list[Label] = field(default_factory=list)
     """Batch dimensions of per-head contractions (``scaled_dot_product_attention``, a matmul of two
     activations): the attention heads, when a reshape split them from a projection's channels."""
+    norms: list[NormRecord] = field(default_factory=list)
+    """Normalization modules whose statistics run over a channel space (masked over kept channels)."""
 
 
 _IDENTITY = {
@@ -172,6 +175,7 @@ class _Tracer(TorchDispatchMode):
         self.standardized: dict[str, float] = {}  # parameter → eps of its per-filter standardization
         self.opaque_ops: dict[str, str] = {}  # module → why an op without a channel rule blocks its parameters
         self.head_labels: list[Label] = []
+        self.norms = NormTracker.of(model)
         self.stack: list[str] = [""]
         self.last_op = ""
         self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
@@ -213,6 +217,10 @@ class _Tracer(TorchDispatchMode):
         for o in outs:
             if id(o) not in self.infos:
                 self.set(o, self.fresh(o, reason), op=self.last_op)
+
+    def normalized(self, label: Label, reason: str) -> None:
+        """Statistics over ``label``: blocks it, unless a known normalization module computes them."""
+        self.norms.normalized(self.table, self.module, label, reason)
 
     def block_all(self, tensors: list[torch.Tensor], reason: str) -> None:
         for t in tensors:
@@ -350,7 +358,7 @@ class _Tracer(TorchDispatchMode):
         reduced = _dims(dim, t.dim())
         keepdim = kwargs.get("keepdim", next((a for a in args[first + 1:] if isinstance(a, bool)), False))
         for d in reduced:
-            self.table.block_label(x.labels[d], f"reduced over by {self.where(self.last_op)}")
+            self.normalized(x.labels[d], f"reduced over by {self.where(self.last_op)}")
         kept = [lab if d not in reduced else () for d, lab in enumerate(x.labels) if keepdim or d not in reduced]
         for o in _tensors(out if isinstance(out, (tuple, list)) else (out,)):
             self.set(o, kept if o.dim() == len(kept) else self.fresh(o), op=self.last_op)
@@ -401,7 +409,11 @@ class _Tracer(TorchDispatchMode):
             for a, b in zip(norm_labels, self.info(p).labels):
                 self.table.unify(a, b)
         for lab in norm_labels:
-            self.table.block_label(lab, f"normalized over by LayerNorm ({self.where(self.last_op)})")
+            reason = f"normalized over by LayerNorm ({self.where(self.last_op)})"
+            if k == 1:
+                self.normalized(lab, reason)
+            else:
+                self.table.block_label(lab, f"{reason}, over {k} dimensions")
         self.set(out[0], list(x.labels), op=self.last_op)
         self.label_outputs(_tensors(out[1:]), f"statistics of {self.where(self.last_op)}")
 
@@ -554,6 +566,12 @@ class _Tracer(TorchDispatchMode):
             self.block_all([t], f"indexed irregularly by {where}")
             labels = self.fresh(out, f"produced by {where}")
         self.set(out, labels, op=self.last_op)
+
+    def _embedding(self, func, args, kwargs, out):
+        """A lookup table's rows (``nn.Embedding``: position embeddings): its width is a channel dimension."""
+        w, idx = self.info(args[0]), self.info(args[1])
+        self.table.block_label(w.labels[0], f"indexed by {self.where(self.last_op)}")
+        self.set(out, list(idx.labels) + [w.labels[1]], op=self.last_op)
 
     def _gather_labels(self, x: TensorInfo, indexed: list[int], n: int, out: torch.Tensor,
                        where: str) -> list[Label] | None:
@@ -726,6 +744,7 @@ CHANNEL_RULES: dict[Any, ChannelRule] = {
     aten.split: _Tracer._split, aten.split_with_sizes: _Tracer._split, aten.unbind: _Tracer._unbind,
     aten.constant_pad_nd: _Tracer._pad, aten.copy_: _Tracer._pointwise,
     aten.as_strided: _Tracer._restride, aten.as_strided_: _Tracer._restride, aten.index: _Tracer._index,
+    aten.embedding: _Tracer._embedding,
 }
 """Op packet → its channel rule (ATen ops a backend renames reach their rule through
 :mod:`.canonical`'s variants; ops tagged ``torch.Tag.pointwise`` without an entry are per element)."""
@@ -782,7 +801,10 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
     handles = []
 
     def pre(mod, args):
-        tracer.stack.append(names.get(mod, tracer.module))
+        name = names.get(mod, tracer.module)
+        tracer.stack.append(name)
+        if name in tracer.norms.kinds and args and isinstance(args[0], torch.Tensor):
+            tracer.norms.enter(name, tracer.info(args[0]).labels)
 
     def post(mod, args, output):
         if len(tracer.stack) > 1:
@@ -817,6 +839,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         outputs = _tensors(tree_flatten(output if not hasattr(output, "to_tuple") else output.to_tuple())[0])
         if not outputs:
             raise AnalysisError(f"{type(model).__name__} returned no tensor on the example inputs")
+        norms = tracer.norms.finish(tracer.table, tracer.param_labels, tracer.classes)
         for o in outputs:
             for lab in tracer.infos[id(o)].labels if id(o) in tracer.infos else []:
                 tracer.table.block_label(lab, "reaches the model output")
@@ -842,4 +865,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         module_classes={n: type(m).__name__ for m, n in names.items()},
         head_labels=tracer.head_labels,
         standardized=tracer.standardized,
+        norms=norms,
     )

@@ -3,7 +3,8 @@
 The tracer's rules are exact for the ops they know, but model code can hide a width in an attribute
 (``x.reshape(B, -1, heads, 96)``, ``split([48, 32, 16])``). So before a group is offered, we remove a
 little of every group at once, compare the zero-masked model with the physically stripped one on the
-example inputs, and bisect to the groups responsible when they differ. Those are excluded with the
+example inputs (normalizations over channels computed over the kept ones, as the masks make them), and
+bisect to the groups responsible when they differ. Those are excluded with the
 error as the stated reason: a strip never silently yields a different model.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from .groups import PruningGroup
+from .norms import install_norm_hooks, norm_masks
 from .surgery import shallow_copy, strip, zero_pruned
 from .trace import ModelTrace, call_model
 
@@ -42,6 +44,7 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
     try:
         with torch.no_grad():
             zeroed = zero_pruned(shallow_copy(model).eval(), trace, masks, inplace=False)
+            install_norm_hooks(zeroed, norm_masks(trace.table, trace.norms, masks))  # statistics over kept channels
             expected = _outputs(call_model(zeroed, inputs))
             stripped = strip(shallow_copy(model).eval(), trace, masks)  # from the dense weights, not the zeroed
             got = _outputs(call_model(stripped, inputs))
