@@ -97,3 +97,23 @@ def test_a_width_the_classifier_reads_is_updated() -> None:
     dense, stripped, _ = _stripped("hf_efficientnet")
     assert dense.config.hidden_dim == 320 and stripped.config.hidden_dim == stripped.classifier.in_features < 320
     assert pruning_record(stripped)["dense_config"] == {"hidden_dim": 320}
+
+
+def test_hidden_size_and_head_count_change_together(tmp_path: Path) -> None:
+    """A ViT with its embedding dimension and its heads pruned (the patch embedding pruned too) is described by
+    ``hidden_size`` and ``num_attention_heads`` together (the per-head width is ``hidden_size // heads``): the
+    config says both, and transformers' own reload builds the same model (attention's ``scaling`` included)."""
+    torch.manual_seed(0)
+    dense, inputs, _ = build("hf_vit")
+    randomize_norms(dense)
+    config = {"pruning_init": 0.5, "params": {"prune_first_conv": True, "prune_downsample_convs": True}}
+    stripped = hf_prune.create_pruning_controller(dense, config, example_inputs=first(inputs)).strip_model(
+        dense, do_copy=True).eval()
+    x = first(inputs)
+    heads = {m.num_attention_heads for m in stripped.modules() if hasattr(m, "num_attention_heads")}
+    assert stripped.config.hidden_size < dense.config.hidden_size and heads == {stripped.config.num_attention_heads}
+    assert_truthful("hf_vit", stripped, x)
+    stripped.save_pretrained(tmp_path / "model")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**x).logits, stripped(**x).logits)

@@ -5,8 +5,10 @@ A field such as EfficientNet's ``hidden_dim``, an element of ResNet's ``hidden_s
 dimension the field sets (found by building the dense architecture with the field doubled, on the meta
 device) shrank by the same factor in the stripped model, and the architecture built from the new value,
 narrowed by the shape spec, is the stripped model (integer attributes that the field also sets but that
-kept their value, such as the pooling kernel EfficientNet sizes from ``hidden_dim``, are replayed). Other fields keep their
-dense value (ViT's ``num_attention_heads`` after head pruning: the per-head width is derived from it).
+kept their value, such as the pooling kernel EfficientNet sizes from ``hidden_dim``, are replayed, and float
+attributes such as attention's ``scaling`` must come out the same). Other fields keep their dense value (ViT's
+``num_attention_heads`` after head pruning, ViT's ``hidden_size`` when its heads shrank too: the per-head width
+is derived from them).
 The dense values go into the pruning record (``dense_config``), from which the dense reference is built.
 """
 
@@ -126,6 +128,7 @@ def stripped_fields(model: nn.Module, dense_config: Any, spec: dict[str, Any]) -
              for index in (range(len(value)) if isinstance(value, (list, tuple)) else [None])
              if (value if index is None else value[index]) in changed  # no pruned dimension has its width: unprobed
              and (new := _scaled(model_class, dense_config, path, index, dense, stripped)) is not None]
+    picks += _head_counts(model, dense_config)
     if _rebuilds(model, dense_config, _picked(fields, picks), spec, stripped):
         return _picked(fields, picks)
     accepted: list[tuple[str, int | None, int]] = []
@@ -135,11 +138,27 @@ def stripped_fields(model: nn.Module, dense_config: Any, spec: dict[str, Any]) -
     return _picked(fields, accepted)
 
 
+HEAD_COUNT_FIELDS = ("num_attention_heads", "num_heads")
+"""Config fields that count attention heads; the per-head width is derived as ``hidden_size // heads``."""
+
+
+def _head_counts(model: nn.Module, dense_config: Any) -> list[tuple[str, None, int]]:
+    """Head-count fields to change with the widths: where every attention module of ``model`` now has the same
+    number of heads, ``hidden_size`` can describe the model only together with that count (kept if the
+    rebuild check then fails)."""
+    counts = {v for m in model.modules() for attr, v in int_attributes(m).items() if attr in HEAD_COUNT_FIELDS}
+    if len(counts) != 1:
+        return []
+    count = counts.pop()
+    return [(prefix + name, None, count) for prefix, cfg in _configs(dense_config) for name in HEAD_COUNT_FIELDS
+            if type(vars(cfg).get(name)) is int and vars(cfg)[name] != count]
+
+
 def _picked(fields: Fields, picks: list[tuple[str, int | None, int]]) -> Fields:
     """``fields`` with the new values of ``picks`` (path, list index or None, value), only the fields picked."""
     out: Fields = {}
     for path, index, new in picks:
-        if index is None:
+        if index is None or path not in fields:
             out[path] = new
         else:
             out.setdefault(path, list(fields[path]))[index] = new
@@ -161,7 +180,14 @@ def _rebuilds(model: nn.Module, dense_config: Any, fields: Fields, spec: dict[st
         return True
     config = set_fields(copy.deepcopy(dense_config), fields)
     try:
-        rebuilt = _observables(resize_to_spec(build(type(model), config), replayed_spec(model, config, spec)))
+        rebuilt = resize_to_spec(build(type(model), config), replayed_spec(model, config, spec))
     except (KeyError, ValueError, RuntimeError, TypeError):
         return False
-    return rebuilt == stripped
+    return _observables(rebuilt) == stripped and _float_attributes(rebuilt) == _float_attributes(model)
+
+
+def _float_attributes(model: nn.Module) -> dict[str, float]:
+    """Float module attributes a config derives (attention's ``scaling`` from the per-head width): a field whose
+    new value changes one (ViT's ``hidden_size`` after its heads and embedding both shrank) keeps its dense value."""
+    return {f"{name}.{attr}": v for name, m in model.named_modules() for attr, v in vars(m).items()
+            if type(v) is float and not attr.startswith("_")}
