@@ -4,7 +4,8 @@ A field such as EfficientNet's ``hidden_dim``, an element of ResNet's ``hidden_s
 ``intermediate_size`` takes the stripped width when one value still describes the model: every tensor
 dimension the field sets (found by building the dense architecture with the field doubled, on the meta
 device) shrank by the same factor in the stripped model, and the architecture built from the new value,
-narrowed by the shape spec, is the stripped model (integer attributes that the field also sets but that
+narrowed by the shape spec, is the stripped model (a field that no layer reads, such as Swin's
+``hidden_size``, takes the one width that every dimension of its dense size shrank to) (integer attributes that the field also sets but that
 kept their value, such as the pooling kernel EfficientNet sizes from ``hidden_dim``, are replayed, and float
 attributes such as attention's ``scaling`` must come out the same). Other fields keep their dense value (ViT's
 ``num_attention_heads`` after head pruning, ViT's ``hidden_size`` when its heads shrank too: the per-head width
@@ -98,6 +99,9 @@ def _scaled(model_class: type[nn.Module], config: Any, path: str, index: int | N
         return None
     if probe.keys() != dense.keys():
         return None
+    if probe == dense:  # a field no layer reads (Swin's hidden_size, the last stage's width): the one new width
+        news = {stripped[key] for key, n in dense.items() if "#" in key and n == old}  # of that size, if one
+        return news.pop() if len(news) == 1 and old not in news else None
     ratios = set()
     for key, n in dense.items():
         if probe[key] == n or "#" not in key:  # integer attributes (a pooling kernel) are replayed by the spec

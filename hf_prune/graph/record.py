@@ -5,14 +5,15 @@ A stripped model differs from the architecture its config describes only in tens
 config builds (:func:`~hf_prune.graph.surgery.shape_spec`)::
 
     {"quant_method": "hf_prune", "format_version": 1, "shape_spec": {...}, "dense_shapes": {...},
-     "dense_config": {...}, "pruning": {...} | null}
+     "dense_config": {...}, "stripped_config": {...}, "pruning": {...} | null}
 
 - transformers: under ``config.quantization_config`` (in memory and in config.json), where transformers'
   quantizer hook finds it (:mod:`hf_prune.integrations.loader`). ``dense_shapes`` (the unpruned shapes of
   the recorded tensors) tells which dimensions were pruned, so that a reload with another head narrows
   only those. The config's width fields that one value still describes hold the stripped widths
   (:mod:`.config_widths`); ``dense_config`` keeps their dense values, from which :func:`dense_reference`
-  builds the dense architecture.
+  builds the dense architecture, and ``stripped_config`` the stripped ones, set again after a reload (a
+  config may derive a field in its constructor: transformers 4's Swin ``hidden_size``).
 - timm: as ``model.hf_prune_record`` in memory, under ``hf_prune`` in timm's config.json.
 
 :meth:`FilterPruningController.strip_model <hf_prune.algorithm.controller.FilterPruningController.strip_model>`
@@ -133,7 +134,7 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
         dense_fields = get_fields(config, list(fields))
         spec = replayed_spec(model, set_fields(config, fields), spec)
     record = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "shape_spec": spec,
-              "dense_shapes": dense_shapes, "dense_config": dense_fields, "pruning": pruning}
+              "dense_shapes": dense_shapes, "dense_config": dense_fields, "stripped_config": fields, "pruning": pruning}
     return record, fields
 
 

@@ -23,6 +23,7 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..graph.config_widths import set_fields
 from ..graph.record import CONFIG_NAME, QUANT_METHOD, narrow, set_record
 from .weights import check_weights, weight_files
 
@@ -66,7 +67,9 @@ class PrunedShapesLoader(HfQuantizer):
         self.remove_quantization_config(model)
         for attribute in ("is_quantized", "quantization_method", "hf_quantizer"):
             model.__dict__.pop(attribute, None)
-        set_record(model, self.quantization_config.to_dict())
+        record = self.quantization_config.to_dict()
+        set_fields(model.config, record.get("stripped_config") or {})  # a constructor may have derived one anew
+        set_record(model, record)
 
     def is_serializable(self, safe_serialization: bool | None = None) -> bool:
         return True
