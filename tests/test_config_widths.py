@@ -117,3 +117,18 @@ def test_hidden_size_and_head_count_change_together(tmp_path: Path) -> None:
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**x).logits, stripped(**x).logits)
+
+
+def test_head_count_of_a_tower_the_model_does_not_build_is_left_alone(tmp_path: Path) -> None:
+    """CLIP's classifier builds only the vision tower: 3 of 4 heads kept there must not change its text
+    config's head count (a text hidden size of 32 is no multiple of 3: transformers refused the reload)."""
+    torch.manual_seed(0)
+    dense, inputs, _ = build("hf_clip")
+    ctrl = hf_prune.create_pruning_controller(dense, {"pruning_init": 0.3}, example_inputs=first(inputs))
+    stripped = ctrl.strip_model(dense, do_copy=True).eval()
+    assert stripped.config.text_config.num_attention_heads == dense.config.text_config.num_attention_heads
+    stripped.save_pretrained(tmp_path / "model")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
+    x = first(inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**x).logits, stripped(**x).logits)

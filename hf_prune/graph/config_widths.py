@@ -132,13 +132,17 @@ def stripped_fields(model: nn.Module, dense_config: Any, spec: dict[str, Any]) -
              for index in (range(len(value)) if isinstance(value, (list, tuple)) else [None])
              if (value if index is None else value[index]) in changed  # no pruned dimension has its width: unprobed
              and (new := _scaled(model_class, dense_config, path, index, dense, stripped)) is not None]
-    picks += _head_counts(model, dense_config)
+    units = [[pick, *(_head_counts(model, dense_config, pick[0]) if pick[0].endswith("hidden_size") else [])]
+             for pick in picks]  # a hidden_size goes with its config's head count, if every module agrees on one
+    picks = [pick for unit in units for pick in unit]
     if _rebuilds(model, dense_config, _picked(fields, picks), spec, stripped):
         return _picked(fields, picks)
     accepted: list[tuple[str, int | None, int]] = []
-    for pick in picks:  # some do not go together: take them one by one
-        if _rebuilds(model, dense_config, _picked(fields, [*accepted, pick]), spec, stripped):
-            accepted.append(pick)
+    for unit in units:  # some do not go together: take them one by one (a hidden_size with or without heads)
+        for tried in ([*unit], unit[:1]) if len(unit) > 1 else ([*unit],):
+            if _rebuilds(model, dense_config, _picked(fields, [*accepted, *tried]), spec, stripped):
+                accepted.extend(tried)
+                break
     return _picked(fields, accepted)
 
 
@@ -146,15 +150,17 @@ HEAD_COUNT_FIELDS = ("num_attention_heads", "num_heads")
 """Config fields that count attention heads; the per-head width is derived as ``hidden_size // heads``."""
 
 
-def _head_counts(model: nn.Module, dense_config: Any) -> list[tuple[str, None, int]]:
-    """Head-count fields to change with the widths: where every attention module of ``model`` now has the same
-    number of heads, ``hidden_size`` can describe the model only together with that count (kept if the
-    rebuild check then fails)."""
+def _head_counts(model: nn.Module, dense_config: Any, hidden_size: str) -> list[tuple[str, None, int]]:
+    """The head-count field beside the ``hidden_size`` field at path ``hidden_size``, with the number of heads
+    every attention module of ``model`` now has (none if they differ): ViT's per-head width is
+    ``hidden_size // num_attention_heads``, so the two describe a model with pruned heads only together."""
     counts = {v for m in model.modules() for attr, v in int_attributes(m).items() if attr in HEAD_COUNT_FIELDS}
-    if len(counts) != 1:
+    prefix = hidden_size.removesuffix("hidden_size")
+    cfg = dict(_configs(dense_config)).get(prefix)
+    if len(counts) != 1 or cfg is None:
         return []
     count = counts.pop()
-    return [(prefix + name, None, count) for prefix, cfg in _configs(dense_config) for name in HEAD_COUNT_FIELDS
+    return [(prefix + name, None, count) for name in HEAD_COUNT_FIELDS
             if type(vars(cfg).get(name)) is int and vars(cfg)[name] != count]
 
 
@@ -184,8 +190,9 @@ def _rebuilds(model: nn.Module, dense_config: Any, fields: Fields, spec: dict[st
         return True
     config = set_fields(copy.deepcopy(dense_config), fields)
     try:
+        type(config).from_dict(config.to_dict())  # what a reload does: the config's own checks run
         rebuilt = resize_to_spec(build(type(model), config), replayed_spec(model, config, spec))
-    except (KeyError, ValueError, RuntimeError, TypeError):
+    except Exception:  # noqa: BLE001 - a config these values break (any check of any transformers release)
         return False
     return _observables(rebuilt) == stripped and _float_attributes(rebuilt) == _float_attributes(model)
 
