@@ -44,14 +44,21 @@ def _random_inputs(shapes: Any) -> Any:
     return None if shapes is None else torch.randn(*shapes)
 
 
+def _signature(controller: FilterPruningController) -> dict[str, Any]:
+    """What a state must match: the model class, the sizes of its pruning groups and the pruning config."""
+    return {
+        "model_class": type(controller.model).__name__,
+        "groups": {gid: group.size for gid, group in controller.groups.items()},
+        "config": controller.config.to_dict(),
+    }
+
+
 def pruning_state(controller: FilterPruningController) -> dict[str, Any]:
     """``controller``'s masks and schedule position, with the config, example-input shapes and model
     signature (class, sizes of the pruning groups) they belong to."""
     return {
         "format_version": FORMAT_VERSION,
-        "model_class": type(controller.model).__name__,
-        "groups": {gid: group.size for gid, group in controller.groups.items()},
-        "config": controller.config.to_dict(),
+        **_signature(controller),
         "example_inputs": _input_shapes(controller.analysis.example_inputs),
         "controller": controller.state_dict(),
     }
@@ -63,7 +70,7 @@ def load_pruning_state(controller: FilterPruningController, state: Mapping[str, 
     it is no pruning state, or belongs to another model or pruning config."""
     where = f" in {os.fspath(source)}" if source is not None else ""
     _check_version(state, where)
-    mine = pruning_state(controller)
+    mine = _signature(controller)  # not the whole state: its masks would be copied only to be compared
     if (state["model_class"], state["groups"]) != (mine["model_class"], mine["groups"]):
         raise PruningStateError(
             f"the pruning state{where} belongs to another model: {state['model_class']} with pruning groups "
