@@ -2,7 +2,8 @@
 timm, torchvision and transformers offer.
 
 Regenerate: ``python docs/coverage.py [-n JOBS]`` (minutes; tests/test_coverage.py fails when the doc is
-stale). ``--only KEY`` prints the rows of the named families/classes instead of writing the doc.
+stale). ``--only KEY …`` measures and prints the named rows (families / classes); ``--write`` puts them in
+the doc.
 
 Rows: one per timm family (``timm.list_modules()``; its ``test_*`` model if it has one, else its smallest
 model), one per torchvision classification family (module; its smallest model), and one per transformers
@@ -39,7 +40,7 @@ COMMAND = "python docs/coverage.py -n 2"
 """How to regenerate docs/coverage.md (what the test says when it is stale)."""
 LEVEL = 0.3
 """Pruning level (share of filters) of the strip columns."""
-ROW_TIMEOUT = 900
+ROW_TIMEOUT = 600
 """Seconds one row may take before it is reported as timed out."""
 LIBRARIES = ("timm", "torchvision", "transformers")
 HEADER = ["family", "model", "input", "prunable groups", "FLOPs prunable", "heads pruned", "exact strip",
@@ -63,14 +64,14 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "swin": _SWIN, "swinv2": _SWIN, "donut-swin": _SWIN,
     "dinat": dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], image_size=64),
     "hiera": dict(image_size=[64, 64], embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]),
-    "bit": dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], image_size=64),
+    "bit": dict(embedding_size=32, hidden_sizes=[128, 256, 512, 1024], depths=[1, 1, 1, 1], image_size=64),
     "resnet": dict(embedding_size=16, hidden_sizes=[64, 128, 256, 512], depths=[1, 1, 2, 1],
                    layer_type="bottleneck", image_size=64),
     "regnet": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], groups_width=8,
                    image_size=64),
     "convnext": dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], image_size=64),
     "convnextv2": dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], image_size=64),
-    "cvt": dict(embed_dim=[16, 32, 64], num_heads=[1, 2, 4], depth=[1, 1, 1], image_size=64),
+    "cvt": dict(embed_dim=[16, 32, 64], num_heads=[1, 2, 4], depth=[1, 2, 3], image_size=64),  # depth[i] > i
     "efficientnet": dict(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),
     "focalnet": dict(embed_dim=16, depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 128], image_size=64),
     "hgnet_v2": dict(image_size=64),
@@ -80,7 +81,7 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "mobilenet_v1": dict(image_size=64, depth_multiplier=0.25),
     "mobilenet_v2": dict(image_size=64, depth_multiplier=0.35),
     "mobilevit": dict(image_size=32),
-    "mobilevitv2": dict(image_size=32, width_multiplier=0.5),
+    "mobilevitv2": dict(image_size=64, width_multiplier=0.5),
     "poolformer": dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], image_size=64),
     "pp_lcnet": dict(image_size=64),
     "pvt": dict(image_size=32),
@@ -135,6 +136,7 @@ class Built:
     inputs: Any  # batch of 2, as the model takes them
     name: str  # the model the row measured
     logits: Callable[[Any, Any], Any]
+    note: str = ""  # how it differs from the named model, e.g. "(depth 2)"
 
 
 def _first_batch(inputs: Any) -> Any:
@@ -178,21 +180,27 @@ def _works(model: Any, x: Any) -> bool:
         return False
 
 
+TIMM_SMALL = ({"img_size": 64, "depth": 2}, {"img_size": 64}, {"depth": 2}, {})
+"""Constructor arguments tried in turn on a timm model (the first it builds and runs with wins): 64×64 images
+and 2 blocks where it takes them (``depth``: the number of blocks of ViT-like models)."""
+
+
 def build_timm(name: str) -> Built:
-    """``name`` with 10 classes, at 64×64 where it builds and runs at that size, else at its default size."""
+    """``name`` with 10 classes and the first of :data:`TIMM_SMALL` it builds and runs with."""
     import timm
     import torch
 
     from hf_prune.model_kind import input_size
 
-    try:
-        model = timm.create_model(name, num_classes=10, img_size=64).eval()
-        if not _works(model, torch.randn(1, 3, 64, 64)):
-            raise TypeError("does not run at 64x64")
-    except (TypeError, ValueError, AssertionError, RuntimeError):
-        model = timm.create_model(name, num_classes=10).eval()
-    size = input_size(model)
-    return Built(model, torch.randn(2, *size), name, lambda m, x: m(x))
+    for kwargs in TIMM_SMALL:
+        try:
+            model = timm.create_model(name, num_classes=10, **kwargs).eval()
+        except (TypeError, ValueError, AssertionError, RuntimeError, KeyError):
+            continue
+        x = torch.randn(2, *input_size(model))
+        if _works(model, x[:1]):
+            return Built(model, x, name, lambda m, x: m(x), "(depth 2)" if "depth" in kwargs else "")
+    raise RuntimeError(f"timm {name} builds or runs with none of {TIMM_SMALL}")
 
 
 def build_torchvision(name: str) -> Built:
@@ -231,6 +239,7 @@ def build_transformers(class_name: str) -> Built:
     import torch
     import transformers
 
+    from hf_prune.integrations.serialization import logits
     from hf_prune.model_kind import input_size
 
     model_type = transformers_classes()[class_name]
@@ -240,7 +249,8 @@ def build_transformers(class_name: str) -> Built:
     if vision is not None and getattr(vision, "image_size", None):  # CLIP-like: the vision tower's input
         model.config.image_size = vision.image_size
     size = input_size(model)
-    return Built(model, {"pixel_values": torch.randn(2, *size)}, model_type, lambda m, x: m(**x).logits)
+    return Built(model, {"pixel_values": torch.randn(2, *size)}, model_type,
+                 lambda m, x: logits(m, x["pixel_values"]))
 
 
 # ------------------------------------------------------------------------------------------- cells
@@ -248,7 +258,10 @@ _ADDRESS = re.compile(r"0x[0-9a-f]+|/tmp/[^\s'\"),]+")
 
 
 def reason(exc: BaseException, width: int = 90) -> str:
-    """``ErrorType: first line of the message``, shortened, without addresses or temporary paths."""
+    """``ErrorType: first line of the message`` of the error's root cause, shortened, without addresses or
+    temporary paths."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     text = _ADDRESS.sub("…", f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))
     text = text.replace("|", "/")
@@ -263,6 +276,15 @@ def _heads_cell(analysis: Any) -> str:
     if pruned:
         return f"yes ({len(pruned)}/{len(heads)} modules)"
     return f"refused ({heads[0].reasons[0].split(':')[0]})"
+
+
+def _main_reason(analysis: Any, width: int = 70) -> str:
+    """The reason most unprunable layers give (the first of equals), shortened."""
+    reasons = [why[0] for why in analysis.unprunable_layers.values() if why]
+    if not reasons:
+        return "no reason given"
+    text = max(reasons, key=reasons.count).replace("|", "/")
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _reload_cell(stripped: Any, inputs: Any, logits: Callable) -> str:
@@ -310,11 +332,12 @@ def measure(built: Built, library: str) -> list[str]:
                                                       example_inputs=_first_batch(inputs),
                                                       allow_nothing_prunable=True)
     except Exception as exc:  # noqa: BLE001 - the matrix shows the failure
-        return [f"analysis failed ({reason(exc)})"] + [NA] * 6
+        return [f"analysis failed ({reason(exc)})"] + [NA] * (len(HEADER) - 4)
     analysis = ctrl.analysis
     prunable = analysis.prunable_groups
     share = 1 - analysis.flops_model.flops({g.space: 0.0 for g in prunable}) / (analysis.dense_flops or 1.0)
-    cells = [f"{len(prunable)}/{len(analysis.groups)}", f"{share:.0%}", _heads_cell(analysis)]
+    groups = f"{len(prunable)}/{len(analysis.groups)}" + ("" if prunable else f" ({_main_reason(analysis)})")
+    cells = [groups, f"{share:.0%}", _heads_cell(analysis)]
     try:
         ctrl.set_pruning_level(LEVEL)
         with torch.no_grad():
@@ -354,9 +377,13 @@ def compute_row(library: str, key: str, model: str | None = None) -> list[str]:
             model = model or transformers_classes()[key]
             built = build_transformers(key)
     except Exception as exc:  # noqa: BLE001 - the matrix shows the failure
-        return [key, f"`{model}`" if model else NA, NA, f"not built ({reason(exc)})"] + [NA] * 6
-    size = _size_text(built.inputs)
-    return [key, f"`{built.name}`", size] + measure(built, library)
+        return failed_row(key, model, f"not built ({reason(exc)})")
+    return [key, f"`{built.name}` {built.note}".rstrip(), _size_text(built.inputs)] + measure(built, library)
+
+
+def failed_row(key: str, model: str | None, why: str) -> list[str]:
+    """The row of a model that could not be measured at all."""
+    return [key, f"`{model}`" if model else NA, NA, why] + [NA] * (len(HEADER) - 4)
 
 
 def _torchvision_builder(name: str) -> Any:
@@ -371,17 +398,22 @@ def _size_text(inputs: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------- processes
+def _timeout(signum: int, frame: Any) -> None:
+    raise TimeoutError(f"over {ROW_TIMEOUT} s")
+
+
 def _child(library: str, key: str, model: str | None, conn: Any) -> None:
+    """Measure one row in this (forked) process and send it through ``conn``."""
     import torch
 
     torch.set_num_threads(1)
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError(f"over {ROW_TIMEOUT} s")))
+    signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(ROW_TIMEOUT)
     try:
         conn.send(compute_row(library, key, model))
     except BaseException as exc:  # noqa: BLE001 - reported as the row
-        conn.send([key, f"`{model}`" if model else NA, NA, f"failed ({reason(exc)})"] + [NA] * 6)
         traceback.print_exc()
+        conn.send(failed_row(key, model, f"failed ({reason(exc)})"))
 
 
 def compute_rows(tasks: list[tuple[str, str, str | None]], jobs: int = 1,
@@ -403,11 +435,11 @@ def compute_rows(tasks: list[tuple[str, str, str | None]], jobs: int = 1,
                 try:
                     rows[(library, key)] = receive.recv()
                 except EOFError:
-                    rows[(library, key)] = [key, NA, NA, f"crashed (exit {process.exitcode})"] + [NA] * 6
+                    rows[(library, key)] = failed_row(key, model, f"crashed (exit {process.exitcode})")
             elif process.is_alive():
                 continue
             else:
-                rows[(library, key)] = [key, NA, NA, f"crashed (exit {process.exitcode})"] + [NA] * 6
+                rows[(library, key)] = failed_row(key, model, f"crashed (exit {process.exitcode})")
             process.join(timeout=30)
             running.remove(item)
             if progress:
@@ -426,6 +458,12 @@ def versions() -> str:
             f"torch {torch.__version__.split('+')[0]}")
 
 
+def _exporter() -> str:
+    from hf_prune.integrations.onnx import exporter
+
+    return {"torch": "torch.onnx", "optimum": "Optimum"}[exporter()]
+
+
 def render(rows: dict[tuple[str, str], list[str]]) -> str:
     """docs/coverage.md from every row."""
     lines = [
@@ -433,11 +471,12 @@ def render(rows: dict[tuple[str, str], list[str]]) -> str:
         "",
         f"<!-- generated by docs/coverage.py; do not edit. Regenerate: {COMMAND} -->",
         "",
-        f"Measured with {versions()} (the default test stack, ONNX through torch.onnx).",
+        f"Measured with {versions()} (the default test stack; ONNX export through {_exporter()}).",
         "",
         "One row per timm family (its `test_*` model, else its smallest), per torchvision classification family",
         "(its smallest model) and per transformers `*ForImageClassification` class (a small config), random",
-        f"weights with random norm statistics, 10 classes. Columns: the prunable groups of all groups found; the",
+        "weights with random norm statistics, 10 classes; timm models at 64×64 and with 2 blocks where their",
+        "constructor takes `img_size` and `depth`. Columns: the prunable groups of all groups found; the",
         "share of the model's FLOPs that depends on a prunable group; whether attention heads are pruned (else",
         f"why not); whether the strip at {LEVEL:.0%} of filters is exact (stripped == masked within 1e-4 of the",
         "output scale, parameters as predicted); the fraction of parameters it keeps; whether the stripped model",
@@ -488,14 +527,19 @@ def parse(text: str) -> dict[tuple[str, str], list[str]]:
 
 
 def all_tasks() -> list[tuple[str, str, None]]:
-    return [(library, key, None) for library, keys in row_keys().items() for key in keys]
+    """Every row to measure, transformers first (the fewest and quickest rows)."""
+    keys = row_keys()
+    return [(library, key, None) for library in reversed(LIBRARIES) for key in keys[library]]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--jobs", type=int, default=1, help="rows measured at once (default 1)")
     parser.add_argument("--only", nargs="+", metavar="KEY",
-                        help="print the rows of these families / classes (e.g. resnet ViTForImageClassification)")
+                        help="measure only these rows (families / classes, e.g. resnet ViTForImageClassification) "
+                             "and print them")
+    parser.add_argument("--write", action="store_true",
+                        help="with --only: write the rows into docs/coverage.md, keeping its other rows")
     args = parser.parse_args(argv)
     tasks = all_tasks()
     if args.only:
@@ -504,9 +548,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
         tasks = [t for t in tasks if t[1] in args.only]
     rows = compute_rows(tasks, args.jobs, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.only:
+    if args.only and not args.write:
         print(markdown_table(["library"] + HEADER, [[lib, *row] for (lib, _), row in rows.items()]))
         return 0
+    if args.only:
+        rows = {**parse(DOC.read_text(encoding="utf-8")), **rows}
     DOC.write_text(render(rows), encoding="utf-8")
     print(f"wrote {DOC.relative_to(ROOT.parent)}")
     return 0

@@ -101,3 +101,29 @@ def test_dinov2_with_pruned_heads_exports(tmp_path: Path) -> None:
     path = export_onnx(small, tmp_path)
     with torch.no_grad():
         np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(exporter() != "torch", reason="torch.onnx's dynamic shapes (Optimum exports fixed sizes)")
+def test_model_without_a_symbolic_image_size_exports_at_its_own_size(tmp_path: Path) -> None:
+    """torch.export cannot solve MobileViTV2's unfolding for a symbolic height and width: the export failed
+    (NotImplementedError: the inequality ... cannot be solved); it now falls back to a dynamic batch only."""
+    from transformers import MobileViTV2Config, MobileViTV2ForImageClassification
+
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(image_size=64, width_multiplier=0.5,
+                                                                num_labels=3)).eval()
+    path = export_onnx(model, tmp_path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_returning_last_hidden_state_exports(tmp_path: Path) -> None:
+    """PP-LCNet's classifier returns its class scores as ``last_hidden_state`` (no ``logits``)."""
+    from transformers import PPLCNetConfig, PPLCNetForImageClassification
+
+    model = PPLCNetForImageClassification(PPLCNetConfig(num_labels=3)).eval()
+    model.config.image_size = 64
+    path = export_onnx(model, tmp_path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)

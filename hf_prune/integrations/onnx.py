@@ -138,16 +138,22 @@ def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
                               "pip install 'hf_prune[onnx]' or 'hf_prune[optimum]'")
     output.mkdir(parents=True, exist_ok=True)
     example = random_images(model, 2)
-    auto = torch.export.Dim.AUTO  # dynamic where the model allows (batch; height and width for most convnets)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True, opset_version=opset,
-                                        input_names=["pixel_values"], output_names=["logits"],
-                                        dynamic_shapes={"pixel_values": {0: auto, 2: auto, 3: auto}}, verbose=False)
-            program.save(str(output / ONNX_NAME))
-    except Exception as exc:  # torch.export and onnxscript raise many error types
-        raise OnnxExportError(f"torch.onnx could not export {type(model).__name__} to {output}: {exc}") from exc
+    auto = torch.export.Dim.AUTO
+    # dynamic batch, height and width where the model allows; a model whose shapes torch.export cannot
+    # solve for a symbolic height and width (MobileViTV2's unfolding) is exported for its own size
+    for dims in ({0: auto, 2: auto, 3: auto}, {0: auto}):
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True,
+                                            opset_version=opset, input_names=["pixel_values"],
+                                            output_names=["logits"], dynamic_shapes={"pixel_values": dims},
+                                            verbose=False)
+                program.save(str(output / ONNX_NAME))
+            return
+        except Exception as exc:  # torch.export and onnxscript raise many error types
+            error = exc
+    raise OnnxExportError(f"torch.onnx could not export {type(model).__name__} to {output}: {error}") from error
 
 
 @torch.no_grad()

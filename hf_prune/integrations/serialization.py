@@ -91,7 +91,8 @@ def logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """``model``'s class logits for a batch of images."""
     if model_library(model) == "timm":
         return model(pixel_values)
-    return model(pixel_values=pixel_values).logits
+    output = model(pixel_values=pixel_values)
+    return output.logits if "logits" in output else output.last_hidden_state  # PP-LCNet returns its class scores so
 
 
 def pruning_record(model: nn.Module) -> dict[str, Any] | None:
