@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per row process: rows run side by side
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent), str(ROOT.parent / "tests")]
 
@@ -144,11 +142,11 @@ def _first_batch(inputs: Any) -> Any:
 
 
 def _meta_params(build: Callable[[], Any]) -> float:
-    """Parameters of the model ``build`` makes, counted on the meta device (no memory, no init); inf on error."""
-    import torch
+    """Parameters of the model ``build`` makes, created on the meta device (no memory); inf if it fails."""
+    from accelerate import init_empty_weights
 
     try:
-        with torch.device("meta"), warnings.catch_warnings():
+        with init_empty_weights(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return sum(p.numel() for p in build().parameters())
     except Exception:  # noqa: BLE001 - a model that cannot be built is never the smallest
@@ -182,7 +180,8 @@ def _works(model: Any, x: Any) -> bool:
 
 TIMM_SMALL = ({"img_size": 64, "depth": 2}, {"img_size": 64}, {"depth": 2}, {})
 """Constructor arguments tried in turn on a timm model (the first it builds and runs with wins): 64×64 images
-and 2 blocks where it takes them (``depth``: the number of blocks of ViT-like models)."""
+and 2 blocks where it takes them (``depth``: the number of blocks of ViT-like models). A model built without
+``img_size`` that runs on 64×64 images is measured at that size (its ``pretrained_cfg`` says so)."""
 
 
 def build_timm(name: str) -> Built:
@@ -197,9 +196,14 @@ def build_timm(name: str) -> Built:
             model = timm.create_model(name, num_classes=10, **kwargs).eval()
         except (TypeError, ValueError, AssertionError, RuntimeError, KeyError):
             continue
+        note = "(depth 2)" if "depth" in kwargs else ""
+        small = torch.randn(2, 3, 64, 64)
+        if "img_size" not in kwargs and _works(model, small[:1]):  # a convnet: any size, 64×64 recorded
+            model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 64, 64)}
+            return Built(model, small, name, lambda m, x: m(x), note)
         x = torch.randn(2, *input_size(model))
         if _works(model, x[:1]):
-            return Built(model, x, name, lambda m, x: m(x), "(depth 2)" if "depth" in kwargs else "")
+            return Built(model, x, name, lambda m, x: m(x), note)
     raise RuntimeError(f"timm {name} builds or runs with none of {TIMM_SMALL}")
 
 
@@ -436,8 +440,11 @@ def compute_rows(tasks: list[tuple[str, str, str | None]], jobs: int = 1,
                     rows[(library, key)] = receive.recv()
                 except EOFError:
                     rows[(library, key)] = failed_row(key, model, f"crashed (exit {process.exitcode})")
-            elif process.is_alive():
+            elif process.is_alive() and time.monotonic() - start < ROW_TIMEOUT + 60:
                 continue
+            elif process.is_alive():  # stuck where the child's alarm cannot interrupt it (inside an op)
+                process.kill()
+                rows[(library, key)] = failed_row(key, model, f"timed out (over {ROW_TIMEOUT} s)")
             else:
                 rows[(library, key)] = failed_row(key, model, f"crashed (exit {process.exitcode})")
             process.join(timeout=30)
@@ -536,17 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--jobs", type=int, default=1, help="rows measured at once (default 1)")
     parser.add_argument("--only", nargs="+", metavar="KEY",
-                        help="measure only these rows (families / classes, e.g. resnet ViTForImageClassification) "
-                             "and print them")
+                        help="measure only these rows and print them: families / classes (resnet, "
+                             "ViTForImageClassification), or LIBRARY/KEY (timm/resnet)")
     parser.add_argument("--write", action="store_true",
                         help="with --only: write the rows into docs/coverage.md, keeping its other rows")
     args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before huggingface_hub is imported
     tasks = all_tasks()
     if args.only:
-        unknown = set(args.only) - {key for _, key, _ in tasks}
+        names = {key for _, key, _ in tasks} | {f"{library}/{key}" for library, key, _ in tasks}
+        unknown = set(args.only) - names
         if unknown:
             parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
-        tasks = [t for t in tasks if t[1] in args.only]
+        tasks = [t for t in tasks if t[1] in args.only or f"{t[0]}/{t[1]}" in args.only]
     rows = compute_rows(tasks, args.jobs, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.only and not args.write:
         print(markdown_table(["library"] + HEADER, [[lib, *row] for (lib, _), row in rows.items()]))
