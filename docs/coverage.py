@@ -461,8 +461,8 @@ def versions() -> str:
     import torchvision
     import transformers
 
-    return (f"transformers {transformers.__version__}, timm {timm.__version__}, torchvision {torchvision.__version__}, "
-            f"torch {torch.__version__.split('+')[0]}")
+    return ", ".join(f"{module.__name__} {module.__version__.split('+')[0]}"  # no local tag (+cu130)
+                     for module in (transformers, timm, torchvision, torch))
 
 
 def _exporter() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 
 import pytest
 import transformers
@@ -18,7 +19,7 @@ from test_docs import DOCS
 
 def _coverage():
     spec = importlib.util.spec_from_file_location("docs_coverage", DOCS / "coverage.py")
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules["docs_coverage"] = importlib.util.module_from_spec(spec)  # its dataclass looks it up
     spec.loader.exec_module(module)
     return module
 
