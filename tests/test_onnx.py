@@ -119,11 +119,28 @@ def test_model_without_a_symbolic_image_size_exports_at_its_own_size(tmp_path: P
 
 def test_classifier_returning_last_hidden_state_exports(tmp_path: Path) -> None:
     """PP-LCNet's classifier returns its class scores as ``last_hidden_state`` (no ``logits``)."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "PPLCNetForImageClassification"):
+        pytest.skip(f"transformers {transformers.__version__} has no PP-LCNet")
     from transformers import PPLCNetConfig, PPLCNetForImageClassification
 
     model = PPLCNetForImageClassification(PPLCNetConfig(num_labels=3)).eval()
     model.config.image_size = 64
     path = export_onnx(model, tmp_path)
     x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(exporter() != "optimum", reason="Optimum's exporter is not installed")
+def test_architecture_optimum_does_not_know_exports_through_torch_onnx(tmp_path: Path) -> None:
+    """Optimum has no ONNX config for DINOv2 with registers (it raised "custom or unsupported architecture")."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification
+
+    model = Dinov2WithRegistersForImageClassification(Dinov2WithRegistersConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_labels=3)).eval()
+    path = export_onnx(model, tmp_path)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@
 Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` with a dynamic batch
 axis, and dynamic height and width where the model allows, the class logits as first output):
 
-- Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed. It infers
+- Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed and knows the
+  model's architecture (transformers model types it has no ONNX config for go through torch.onnx). It infers
   the library (transformers or timm) from the model's class, which a strip keeps. The export runs on a
   shallow copy (Optimum gives timm models a ``config`` attribute; the copy's ``pretrained_cfg`` also
   carries the model's current input size, which Optimum's dummy inputs follow).
@@ -57,8 +58,8 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
                 controller: FilterPruningController | None = None, opset: int | None = None,
                 task: str = "image-classification", rtol: float = 1e-4, atol: float = 1e-4) -> Path:
     """Export a transformers or timm model (or a directory :func:`~hf_prune.from_pretrained` reads) to
-    ``output_dir/model.onnx`` (Optimum's exporter where installed, else torch.onnx), then check ONNX
-    Runtime against PyTorch.
+    ``output_dir/model.onnx`` (Optimum's exporter where installed and it knows the architecture, else
+    torch.onnx), then check ONNX Runtime against PyTorch.
 
     A model whose masks are still active is stripped first (a copy; ``controller`` required). Raises
     :class:`OnnxExportError` when the outputs differ beyond ``rtol``/``atol`` (see :func:`check_onnx`).
@@ -69,7 +70,7 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
     else:
         model = ensure_stripped(model_or_dir, controller, "export")
     output = Path(output_dir)
-    if exporter() == "optimum":
+    if exporter() == "optimum" and _optimum_exports(model, task):
         _export_optimum(model, output, task, opset)
     else:
         _export_torch(model, output, opset)
@@ -85,6 +86,22 @@ def exporter() -> str:
     except ModuleNotFoundError:  # no optimum at all
         found = False
     return "optimum" if found else "torch"
+
+
+def _optimum_exports(model: nn.Module, task: str) -> bool:
+    """Whether Optimum has an ONNX config for ``model``'s architecture and ``task`` (a transformers model
+    type it does not know, e.g. DINOv2 with registers, MobileViTV2, TimmWrapper, goes through torch.onnx)."""
+    if model_library(model) != "transformers":
+        return True
+    from optimum.exporters.onnx import onnx_export_from_model  # noqa: F401  (registers Optimum's ONNX configs)
+    from optimum.exporters.tasks import TasksManager
+
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(model.config.model_type, exporter="onnx",
+                                                                library_name="transformers")
+    except KeyError:
+        return False
+    return task in tasks
 
 
 def _export_optimum(model: nn.Module, output: Path, task: str, opset: int | None) -> None:
