@@ -79,10 +79,6 @@ TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
     "timm_res2net": lambda: timm.create_model("res2net50_26w_4s", layers=[1, 1, 1, 1], num_classes=10),
 }
 """timm architectures at a small size (32×32 images)."""
-COVERAGE_MODELS = ["hf_vit", "hf_deit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_ijepa",
-                   "hf_swin", "hf_swinv2", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_swin", "timm_beit", "timm_eva02",
-                   "timm_cait", "timm_bit", "test_nfnet", "timm_resnetv2_gn", "timm_res2net"]
-"""The rows of docs/coverage.md (docs/generate.py)."""
 HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_swinv2",
                "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "timm_swin",
                "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
