@@ -50,15 +50,10 @@ def test_sample_rows_are_current(library, key):
     assert coverage.compute_rows([(library, key, model)])[(library, key)] == documented, STALE
 
 
-KNOWN_INEXACT = {("timm", "byoanet")}
-"""Rows whose strip is not exact today (halonet_h1: stripped and masked outputs differ by 0.2 of their scale)."""
-
-
-def test_no_strip_is_inexact_but_the_known_ones():
+def test_every_strip_is_exact():
     column = coverage.HEADER.index("exact strip")
-    inexact = {row_key for row_key, row in DOCUMENTED.items() if row[column] not in ("yes", coverage.NA)}
-    assert inexact <= KNOWN_INEXACT, f"stripped != masked for {sorted(inexact - KNOWN_INEXACT)}"
-    assert inexact >= KNOWN_INEXACT, f"now exact: remove {sorted(KNOWN_INEXACT - inexact)} from KNOWN_INEXACT"
+    inexact = sorted(row_key for row_key, row in DOCUMENTED.items() if row[column] not in ("yes", coverage.NA))
+    assert not inexact, f"stripped != masked for {inexact}"
 
 
 @pytest.mark.slow
