@@ -37,6 +37,8 @@ TIMM_CASES: dict[str, Callable[[], nn.Module]] = {
                                                num_classes=10),
     "timm_convnext": lambda: timm.create_model("test_convnext", num_classes=10),
     "timm_vit": lambda: timm.create_model("test_vit", img_size=32, num_classes=10),
+    # modules shared by several blocks: one tensor under several state-dict names
+    "timm_coat": lambda: timm.create_model("coat_tiny", img_size=32, num_classes=10),
 }
 HF_CASES = ["hf_resnet", "hf_vit", "hf_convnext", "hf_mobilenet_v2"]
 CASES = [*TIMM_CASES, *HF_CASES]
@@ -153,11 +155,11 @@ def test_failed_save_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.
     save_pretrained(stripped, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
-    def crash(model: nn.Module, directory: str, **kwargs: Any) -> None:
-        (Path(directory) / "model.safetensors").write_bytes(b"partial")
+    def crash(model: nn.Module, config_path: str, **kwargs: Any) -> None:  # after the weights, a partial config
+        Path(config_path).write_text("{", encoding="utf-8")
         raise OSError("disk full")
 
-    monkeypatch.setattr(timm.models, "save_for_hf", crash)
+    monkeypatch.setattr(timm.models._hub, "save_config_for_hf", crash)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(stripped, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before

@@ -179,6 +179,14 @@ def _changed_attributes(model: nn.Module, reference: nn.Module) -> dict[str, int
     return out
 
 
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    """The module at ``name`` (any of its names where a module is shared), or None."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 @torch.no_grad()
 def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
     """Narrow a freshly built dense model to a :func:`shape_spec` (values are placeholders, to be
@@ -186,7 +194,7 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
     modules = dict(model.named_modules())
     for name, shape in spec["shapes"].items():
         module_name, _, attr = name.rpartition(".")
-        module = modules.get(module_name)
+        module = _submodule(model, module_name)  # also a shared module's second name (CoaT's mlp3 is its mlp2)
         t = _tensor(module, attr) if module is not None else None
         if t is None:
             raise KeyError(f"{name}: recorded in the shape spec but not a parameter or buffer of {type(model).__name__}")
@@ -204,7 +212,7 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
         refresh_attributes(module, groups.get(name))
     for key, value in spec.get("attributes", {}).items():
         module_name, _, attr = key.rpartition(".")
-        module = modules.get(module_name)
+        module = _submodule(model, module_name)
         if module is None or attr not in int_attributes(module):
             raise KeyError(f"{key}: recorded in the shape spec but not an integer attribute of {type(model).__name__}")
         setattr(module, attr, value)

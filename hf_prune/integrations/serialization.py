@@ -23,7 +23,7 @@ from ..graph.record import (
 )
 from .checkpoints import publish_directory
 from .pruning_state import save_pruning_state
-from .weights import check_weights, read_json, weight_files, weight_shapes
+from .weights import WEIGHTS_NAME, check_weights, read_json, weight_files, weight_shapes
 
 if TYPE_CHECKING:
     from ..algorithm.controller import FilterPruningController
@@ -104,10 +104,16 @@ def _check_replaceable(target: Path) -> None:
 
 def _save_timm(model: nn.Module, directory: Path, record: dict[str, Any] | None,
                model_args: dict[str, Any] | None) -> None:
-    """timm's Hub layout (``save_for_hf``), with the record added to config.json."""
-    from timm.models import save_for_hf
+    """timm's Hub layout (what ``save_for_hf`` writes), with the record added to config.json.
 
-    save_for_hf(model, str(directory), model_args=model_args, safe_serialization=True)
+    The weights are written by safetensors' ``save_model``, which stores a tensor that modules share
+    (CoaT's shared convolutional position encodings) once, where ``save_for_hf`` refuses the model.
+    """
+    from safetensors.torch import save_model
+    from timm.models._hub import save_config_for_hf
+
+    save_model(model, str(directory / WEIGHTS_NAME))
+    save_config_for_hf(model, str(directory / CONFIG_NAME), model_args=model_args)
     if record is not None:
         config = read_json(directory / CONFIG_NAME)
         (directory / CONFIG_NAME).write_text(json.dumps({**config, TIMM_KEY: record}, indent=2), encoding="utf-8")
@@ -170,6 +176,6 @@ def _load_timm(directory: Path, config: dict[str, Any], record: dict[str, Any] |
         narrow(model, record, config_file)
     check_weights(model, weight_files(directory), directory)
     for file in weight_files(directory):
-        model.load_state_dict(load_file(file), strict=False)
+        model.load_state_dict(load_file(file), strict=False)  # a shared tensor is saved under one of its names
     set_record(model, record)
     return model.eval()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from ..errors import PrunedModelError
@@ -61,6 +62,16 @@ def weight_shapes(file: Path, source: str | os.PathLike[str]) -> dict[str, tuple
         raise PrunedModelError(f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
 
 
+def shared_names(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
+    """Each state-dict key → every key of the same tensor (modules that share a submodule or parameter)."""
+    by_tensor: dict[tuple, list[str]] = {}
+    for key, t in state.items():
+        if t.device.type != "meta" and t.numel():
+            by_tensor.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride()),
+                                 []).append(key)
+    return {key: tuple(keys) for keys in by_tensor.values() for key in keys}
+
+
 def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.PathLike[str], *,
                   only_recorded: dict[str, Any] | None = None) -> None:
     """Every tensor in the weight ``files`` exists in ``model`` with the same shape, and back.
@@ -69,7 +80,9 @@ def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.Path
     only where the file names them as the model does: transformers' loader reports the rest itself (a new
     head it re-initializes with ``ignore_mismatched_sizes``; transformers 5 renames some checkpoint keys).
     """
-    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    state = model.state_dict()
+    expected = {k: tuple(t.shape) for k, t in state.items()}
+    aliases = shared_names(state)
     found = {_model_key(model, key): (shape, file.name)
              for file in files for key, shape in weight_shapes(file, source).items()}
     if only_recorded is not None:
@@ -82,7 +95,8 @@ def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.Path
     else:
         problems = [f"{key}: {shape} in {file}, {expected[key]} recorded in {CONFIG_NAME}"
                     for key, (shape, file) in found.items() if key in expected and shape != expected[key]]
-        problems += [f"{key} is missing from the weights" for key in expected if key not in found]
+        saved = {alias for key in found for alias in aliases.get(key, (key,))}
+        problems += [f"{key} is missing from the weights" for key in expected if key not in saved]
         problems += [f"{key} (in {file}) is not a tensor of {type(model).__name__}"
                      for key, (_, file) in found.items() if key not in expected]
     if problems:
