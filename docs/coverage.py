@@ -328,22 +328,24 @@ def _strip_difference(masked: Any, stripped: Any, inputs: Any, logits: Callable)
 
     Compared in float64 where the model runs in it: random weights can make a model chaotic (timm's
     halonet: float32 and float64 runs of the same dense model differ by 0.2 of the output scale), so a
-    float32 comparison would blame the strip for rounding noise. Both models are float32 again afterwards.
+    float32 comparison would blame the strip for rounding noise. Runs on copies: a model can cache tensors
+    of the dtype it last ran in outside its parameters and buffers (LeViT's attention biases).
     """
+    import copy
+
     import torch
     from torch.utils._pytree import tree_map
 
     def run(dtype: torch.dtype) -> tuple[Any, Any]:
         x = tree_map(lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t, inputs)
         with torch.no_grad():
-            return logits(masked.to(dtype), x).double(), logits(stripped.to(dtype), x).double()
+            return (logits(copy.deepcopy(masked).to(dtype), x).double(),
+                    logits(copy.deepcopy(stripped).to(dtype), x).double())
 
     try:
         expected, got = run(torch.float64)
     except (RuntimeError, TypeError):  # an op or a hard-coded cast without float64: compare in float32
         expected, got = run(torch.float32)
-    finally:
-        masked.float(), stripped.float()
     return float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
 
 
