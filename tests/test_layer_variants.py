@@ -169,3 +169,39 @@ def test_channel_convolving_attention_is_refused_with_its_reason():
     assert analysis.prunable_groups
     reasons = analysis.unprunable_layers["layer1.0.conv3"]
     assert "convolved over as a spatial axis by aten.convolution in layer1.0.se.conv" in reasons
+
+
+# ---------------------------------------------------------------------------------------------------- repeat
+class ProbeTokens(nn.Module):
+    """A learned token repeated over the batch and put before the patch tokens (SigLIP's attention-pooling
+    probe, a class token made with ``repeat``), or the patch tokens tiled along their channels."""
+
+    def __init__(self, tile_channels: bool = False) -> None:
+        super().__init__()
+        self.tile_channels = tile_channels
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.probe = nn.Parameter(torch.randn(1, 1, 16))
+        self.fc = nn.Linear(32 if tile_channels else 16, 24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        if self.tile_channels:
+            tokens = tokens.repeat(1, 1, 2)
+        else:
+            tokens = torch.cat([self.probe.repeat(x.shape[0], 1, 1), tokens], dim=1)
+        return self.head(torch.relu(self.fc(tokens)).mean(1))
+
+
+def test_a_token_repeated_over_the_batch_keeps_its_channels_prunable():
+    model, x = ProbeTokens().eval(), torch.randn(2, 3, 16, 16)
+    ctrl, _, stripped = _pruned(model, x, level=0.5, prune_first_conv=True, prune_downsample_convs=True)
+    assert stripped.probe.shape[-1] == stripped.stem.out_channels < 16
+
+
+def test_channels_tiled_by_repeat_are_refused_with_the_reason():
+    model = ProbeTokens(tile_channels=True).eval()
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5, "prune_first_conv": True, "prune_downsample_convs": True}},
+                                              example_inputs=torch.randn(1, 3, 16, 16), allow_nothing_prunable=True)
+    reasons = ctrl.analysis.unprunable_layers["stem"]
+    assert any(r.startswith("tiled by aten.repeat") for r in reasons), reasons

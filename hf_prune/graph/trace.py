@@ -340,6 +340,18 @@ class _Tracer(TorchDispatchMode):
             labels.append(x.labels[d] if n == out.shape[offset + d] else self.table.new_label(out.shape[offset + d]))
         self.set(out, labels, param=x.param, op=self.last_op)
 
+    def _repeat(self, func, args, kwargs, out):
+        x = self.info(args[0])
+        offset = out.dim() - args[0].dim()
+        labels = [self.table.new_label(n) for n in out.shape[:offset]]
+        for d, times in enumerate(args[1][offset:]):
+            if times == 1:
+                labels.append(x.labels[d])
+            else:  # tiled: the copies are not channels of their own
+                self.table.block_label(x.labels[d], f"tiled by {self.where(self.last_op)}")
+                labels.append(self.table.new_label(out.shape[offset + d]))
+        self.set(out, labels, param=x.param, op=self.last_op)
+
     def _spatial(self, func, args, kwargs, out):
         x = self.info(args[0])
         k = _SPATIAL_OPS[func.overloadpacket]
@@ -740,6 +752,7 @@ CHANNEL_RULES: dict[Any, ChannelRule] = {
     aten.baddbmm: _Tracer._mm, aten.native_layer_norm: _Tracer._layer_norm,
     aten.native_group_norm: _Tracer._group_norm, aten.permute: _Tracer._permute,
     aten.transpose: _Tracer._transpose, aten.t: _Tracer._transpose, aten.expand: _Tracer._expand,
+    aten.repeat: _Tracer._repeat,
     aten.cat: _Tracer._cat, aten.stack: _Tracer._stack, aten.slice: _Tracer._slice, aten.select: _Tracer._select,
     aten.split: _Tracer._split, aten.split_with_sizes: _Tracer._split, aten.unbind: _Tracer._unbind,
     aten.constant_pad_nd: _Tracer._pad, aten.copy_: _Tracer._pointwise,
