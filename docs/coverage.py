@@ -282,7 +282,12 @@ def _heads_cell(analysis: Any) -> str:
         return "none found"
     if pruned:
         return f"yes ({len(pruned)}/{len(heads)} modules)"
-    return f"refused ({heads[0].reasons[0].split(':')[0]})"
+    why = heads[0].reasons[0]
+    if why.startswith("strip check"):  # what failed: the stripped model's error
+        why = "strip check: " + why.rpartition("cannot be removed: ")[2]
+    else:
+        why = why.split(":")[0]
+    return f"refused ({why if len(why) <= 90 else why[:89] + '…'})".replace("|", "/")
 
 
 def _main_reason(analysis: Any, width: int = 70) -> str:
