@@ -255,6 +255,9 @@ def build_transformers(class_name: str) -> Built:
     vision = getattr(config, "vision_config", None)
     if vision is not None and getattr(vision, "image_size", None):  # CLIP-like: the vision tower's input
         model.config.image_size = vision.image_size
+    if model.main_input_name == "input_ids":  # ImageGPT: images as sequences of colour-cluster ids
+        ids = torch.randint(0, config.vocab_size - 1, (2, config.n_positions))
+        return Built(model, {"input_ids": ids}, model_type, lambda m, x: m(**x).logits)
     size = input_size(model)
     return Built(model, {"pixel_values": torch.randn(2, *size)}, model_type,
                  lambda m, x: logits(m, x["pixel_values"]))
