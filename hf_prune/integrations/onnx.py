@@ -94,7 +94,14 @@ def exporter() -> str:
 
 def _optimum_exports(model: nn.Module, task: str) -> bool:
     """Whether Optimum has an ONNX config for ``model``'s architecture and ``task`` (a transformers model
-    type it does not know, e.g. DINOv2 with registers, MobileViTV2, TimmWrapper, goes through torch.onnx)."""
+    type it does not know, e.g. DINOv2 with registers, MobileViTV2, TimmWrapper, goes through torch.onnx).
+    Optimum exports a timm model as a classifier, (batch, classes): a timm model with other outputs (gemma4's
+    encoder: (batch, tokens, dim)) goes through torch.onnx, as Optimum then runs its export with an input
+    named ``x`` where it named the model's input ``pixel_values`` ("Required inputs (['pixel_values']) are
+    missing from input feed (['x'])")."""
+    if model_library(model) == "timm":
+        with torch.no_grad():
+            return logits(_exportable(model), random_images(model, 1)).dim() == 2
     if model_library(model) != "transformers":
         return True
     from optimum.exporters.onnx import onnx_export_from_model  # noqa: F401  (registers Optimum's ONNX configs)
