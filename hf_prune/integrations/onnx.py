@@ -4,13 +4,16 @@ Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` w
 axis, and dynamic height and width where the model allows, the class logits as first output):
 
 - Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed and knows the
-  model's architecture (transformers model types it has no ONNX config for go through torch.onnx). It infers
+  model's architecture (transformers model types it has no ONNX config for, and timm models whose output is
+  not (batch, classes), go through torch.onnx). It infers
   the library (transformers or timm) from the model's class, which a strip keeps. The export runs on a
   shallow copy (Optimum gives timm models a ``config`` attribute; the copy's ``pretrained_cfg`` also
   carries the model's current input size, which Optimum's dummy inputs follow).
 - torch.onnx's dynamo exporter (``pip install hf_prune[onnx]``, any transformers) otherwise. The
   TorchScript-based exporter is deprecated since torch 2.9; the dynamo exporter is torch's default,
-  is what torch maintains, and exports transformers 5 models as they are written.
+  is what torch maintains, and exports transformers 5 models as they are written. While it traces, the
+  calls it translates wrongly or not at all are made in a form it translates, with the same results
+  (:class:`_Translatable`); a graph its optimizer breaks is exported unoptimized (:func:`_unregistered_inputs`).
 
 Optimum, onnxscript and ONNX Runtime are imported on first export: they take seconds, which
 ``import hf_prune`` should not.
