@@ -15,6 +15,7 @@ import torch
 from hf_prune.algorithm.controller import has_pruning_masks
 from hf_prune.integrations.onnx import OnnxExportError, check_onnx, export_onnx, exporter
 from hf_prune.integrations.serialization import PrunedModelError, logits, save_pretrained
+from hf_prune.model_kind import random_images
 
 from test_serialization import images, pruned
 
@@ -144,3 +145,75 @@ def test_architecture_optimum_does_not_know_exports_through_torch_onnx(tmp_path:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_export_rewrites_compute_what_the_model_does() -> None:
+    """While torch.onnx traces, attention on other than 4-D tensors runs as 4-D attention and
+    repeat_interleave by one count as a broadcast: the same numbers as the functions they replace."""
+    import torch.nn.functional as F
+
+    from hf_prune.integrations.onnx import _Translatable
+
+    g = torch.Generator().manual_seed(0)
+    q5, k5, v5 = (torch.randn(2, 3, 2, 5, 4, generator=g) for _ in range(3))  # batch × windows × heads
+    q3, k3, v3 = (torch.randn(6, 5, 4, generator=g) for _ in range(3))  # SAM: (batch × heads) × tokens
+    calls = [
+        (F.scaled_dot_product_attention, (q5, k5, v5), {}),
+        (F.scaled_dot_product_attention, (q5, k5, v5, torch.randn(3, 1, 5, 5, generator=g)), {}),
+        (F.scaled_dot_product_attention, (q5, k5, v5), {"attn_mask": torch.rand(2, 1, 1, 5, 5, generator=g) > 0.3}),
+        (F.scaled_dot_product_attention, (q5[:, :1], k5, v5), {"scale": 0.3}),  # broadcast windows
+        (F.scaled_dot_product_attention, (q3, k3, v3, torch.randn(6, 5, 5, generator=g)), {}),
+        (F.scaled_dot_product_attention, (q3, k3, v3), {"is_causal": True}),
+        (torch.repeat_interleave, (q3, 2), {"dim": 1}),
+        (torch.Tensor.repeat_interleave, (q3, 3), {"dim": -3}),
+        (torch.Tensor.repeat_interleave, (q3, 2), {}),
+        (torch.repeat_interleave, (q3, torch.tensor([1, 0, 2, 1, 1])), {"dim": 1}),
+    ]
+    for func, args, kwargs in calls:
+        expected = func(*args, **kwargs)
+        with _Translatable():
+            got = func(*args, **kwargs)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def timm_model(name: str, **kwargs: object) -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(name, num_classes=3, **kwargs).eval()
+
+
+def exports_like_pytorch(model: torch.nn.Module, tmp_path: Path) -> None:
+    path = export_onnx(model, tmp_path)
+    x = random_images(model, 3)  # not the export's batch size
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(model, x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_windowed_attention_on_five_dims_exports(tmp_path: Path) -> None:
+    """Hiera's mask-unit attention calls scaled_dot_product_attention on (batch, heads, windows, tokens,
+    head_dim): torch.onnx refused it ("only 4D query, key, and value are supported")."""
+    exports_like_pytorch(timm_model("hiera_tiny_224", img_size=(64, 64), embed_dim=16, num_heads=1,
+                                    stages=(1, 1, 1, 1)), tmp_path)
+
+
+def test_repeat_interleave_by_a_symbolic_count_exports(tmp_path: Path) -> None:
+    """GC ViT repeats each image's global query once per window (``B // q_global.shape[0]`` times, a
+    symbolic count): torch.onnx put the count on the wrong axis and ONNX Runtime failed for batches above 1
+    ("Non-zero status code returned while running Expand node ... invalid expand shape")."""
+    from timm.models import build_model_with_cfg
+    from timm.models.gcvit import GlobalContextVit
+
+    torch.manual_seed(0)
+    model = build_model_with_cfg(GlobalContextVit, "gcvit_xxtiny", pretrained=False, depths=(1, 2, 1, 1),
+                                 num_heads=(1, 1, 1, 1), embed_dim=16, img_size=64, num_classes=3).eval()
+    exports_like_pytorch(model, tmp_path)
+
+
+def test_clamps_of_one_input_export(tmp_path: Path) -> None:
+    """Gemma 4's vision tower clamps each attention input three times (q, k and v projections) with
+    constant bounds: torch.onnx's graph optimizer fused them into Clip nodes whose bounds it lost, and ONNX
+    Runtime refused the model ("Node input 'mul_..._min_1' is not a graph input, initializer, or output")."""
+    exports_like_pytorch(timm_model("gemma4_vit_167m_enc", img_size=48, embed_dim=32, depth=1, num_heads=2,
+                                    head_dim=16, intermediate_size=64, position_embedding_size=16), tmp_path)

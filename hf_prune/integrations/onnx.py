@@ -4,13 +4,16 @@ Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` w
 axis, and dynamic height and width where the model allows, the class logits as first output):
 
 - Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed and knows the
-  model's architecture (transformers model types it has no ONNX config for go through torch.onnx). It infers
+  model's architecture (transformers model types it has no ONNX config for, and timm models whose output is
+  not (batch, classes), go through torch.onnx). It infers
   the library (transformers or timm) from the model's class, which a strip keeps. The export runs on a
   shallow copy (Optimum gives timm models a ``config`` attribute; the copy's ``pretrained_cfg`` also
   carries the model's current input size, which Optimum's dummy inputs follow).
 - torch.onnx's dynamo exporter (``pip install hf_prune[onnx]``, any transformers) otherwise. The
   TorchScript-based exporter is deprecated since torch 2.9; the dynamo exporter is torch's default,
-  is what torch maintains, and exports transformers 5 models as they are written.
+  is what torch maintains, and exports transformers 5 models as they are written. While it traces, the
+  calls it translates wrongly or not at all are made in a form it translates, with the same results
+  (:class:`_Translatable`); a graph its optimizer breaks is exported unoptimized (:func:`_unregistered_inputs`).
 
 Optimum, onnxscript and ONNX Runtime are imported on first export: they take seconds, which
 ``import hf_prune`` should not.
@@ -24,10 +27,13 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..algorithm.controller import FilterPruningController
 from ..errors import HfPruneError
@@ -91,7 +97,14 @@ def exporter() -> str:
 
 def _optimum_exports(model: nn.Module, task: str) -> bool:
     """Whether Optimum has an ONNX config for ``model``'s architecture and ``task`` (a transformers model
-    type it does not know, e.g. DINOv2 with registers, MobileViTV2, TimmWrapper, goes through torch.onnx)."""
+    type it does not know, e.g. DINOv2 with registers, MobileViTV2, TimmWrapper, goes through torch.onnx).
+    Optimum exports a timm model as a classifier, (batch, classes): a timm model with other outputs (gemma4's
+    encoder: (batch, tokens, dim)) goes through torch.onnx, as Optimum then runs its export with an input
+    named ``x`` where it named the model's input ``pixel_values`` ("Required inputs (['pixel_values']) are
+    missing from input feed (['x'])")."""
+    if model_library(model) == "timm":
+        with torch.no_grad():
+            return logits(_exportable(model), random_images(model, 1)).dim() == 2
     if model_library(model) != "transformers":
         return True
     from optimum.exporters.onnx import onnx_export_from_model  # noqa: F401  (registers Optimum's ONNX configs)
@@ -150,6 +163,61 @@ class _Logits(nn.Module):
         return logits(self.model, pixel_values)
 
 
+def _four_dim_attention(func: Callable[..., torch.Tensor], query: torch.Tensor, key: torch.Tensor,
+                        value: torch.Tensor, attn_mask: torch.Tensor | None = None, *args: Any,
+                        **kwargs: Any) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` with 4-D query, key and value, all torch.onnx translates ("only 4D
+    query, key, and value are supported"): the batch dimensions before the heads are flattened into one
+    (hiera, nest, twins: batch × windows) or one is added (SAM's 3-D windowed attention), a mask with such
+    dimensions is expanded alike, and the result is reshaped back. Every attention row is computed as before."""
+    rank = query.dim()
+    if rank == 4 or rank < 3 or key.dim() != rank or value.dim() != rank:
+        return func(query, key, value, attn_mask, *args, **kwargs)
+    batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3],
+                                   () if attn_mask is None else attn_mask.shape[:-3])
+
+    def four_dims(t: torch.Tensor) -> torch.Tensor:
+        return t.expand(*batch, *t.shape[-3:]).reshape(-1, *t.shape[-3:])
+
+    if attn_mask is not None and attn_mask.dim() > 3:  # a mask of at most 3 dims broadcasts as it did
+        attn_mask = four_dims(attn_mask)
+    out = func(four_dims(query), four_dims(key), four_dims(value), attn_mask, *args, **kwargs)
+    return out.reshape(*batch, *out.shape[-3:])
+
+
+def _repeat_interleave(func: Callable[..., torch.Tensor], input: torch.Tensor, repeats: Any,
+                       dim: int | None = None, **kwargs: Any) -> torch.Tensor:
+    """``repeat_interleave`` with one number of repeats as a broadcast and a reshape: torch.onnx (onnxscript
+    0.7) translates a symbolic number (gcvit's ``q_global.repeat_interleave(B // q_global.shape[0], 0)``)
+    into an ``Expand`` along the wrong axis, which ONNX Runtime refuses for a batch above 1."""
+    if isinstance(repeats, torch.Tensor):  # one count per element
+        return func(input, repeats, dim, **kwargs)
+    if dim is None:
+        input, dim = input.reshape(-1), 0
+    dim %= input.dim()
+    shape = input.shape
+    expanded = input.unsqueeze(dim + 1).expand(*shape[:dim + 1], repeats, *shape[dim + 1:])
+    return expanded.reshape(*shape[:dim], -1, *shape[dim + 1:])
+
+
+class _Translatable(TorchFunctionMode):
+    """While torch.onnx traces a model, calls the functions it translates wrongly or not at all
+    (:data:`_REWRITES`) in a way it translates, with the same result. The model is not changed."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        rewrite = _REWRITES.get(func)
+        if rewrite is None:
+            return func(*args, **(kwargs or {}))
+        return rewrite(func, *args, **(kwargs or {}))
+
+
+_REWRITES: dict[Callable[..., Any], Callable[..., torch.Tensor]] = {
+    F.scaled_dot_product_attention: _four_dim_attention,
+    torch.repeat_interleave: _repeat_interleave,
+    torch.Tensor.repeat_interleave: _repeat_interleave,
+}
+
+
 def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
     if importlib.util.find_spec("onnxscript") is None:
         raise OnnxExportError("ONNX export needs onnxscript (torch.onnx's exporter) or Optimum: "
@@ -161,17 +229,34 @@ def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
     # solve for a symbolic height and width (MobileViTV2's unfolding) is exported for its own size
     for dims in ({0: auto, 2: auto, 3: auto}, {0: auto}):
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), _Translatable():
                 warnings.simplefilter("ignore")
-                program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True,
-                                            opset_version=opset, input_names=["pixel_values"],
-                                            output_names=["logits"], dynamic_shapes={"pixel_values": dims},
-                                            verbose=False)
-                program.save(str(output / ONNX_NAME))
+                for optimize in (True, False):
+                    program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True,
+                                                opset_version=opset, input_names=["pixel_values"],
+                                                output_names=["logits"], dynamic_shapes={"pixel_values": dims},
+                                                optimize=optimize, verbose=False)
+                    if not _unregistered_inputs(program.model.graph):
+                        break
+            program.save(str(output / ONNX_NAME))
             return
         except Exception as exc:  # torch.export and onnxscript raise many error types
             error = exc
     raise OnnxExportError(f"torch.onnx could not export {type(model).__name__} to {output}: {error}") from error
+
+
+def _unregistered_inputs(graph: Any) -> list[str]:
+    """Names of the node inputs of an ONNX IR ``graph`` that are neither computed, nor graph inputs, nor
+    initializers. torch.onnx's graph optimizer (onnxscript 0.7) leaves some constants it creates so when it
+    fuses several ``Min``/``Max`` pairs on one input into ``Clip`` nodes (timm's gemma4 clamps each
+    attention input three times), as the names of its new initializers collide (microsoft/onnxscript#2079):
+    ONNX Runtime then refuses the model ("... is not a graph input, initializer, or output of a previous
+    node"), and the model is exported unoptimized (ONNX Runtime optimizes it when it loads it)."""
+    import onnx_ir as ir
+
+    return [value.name for node in ir.traversal.RecursiveGraphIterator(graph) for value in node.inputs
+            if value is not None and value.producer() is None and not value.is_graph_input()
+            and not value.is_initializer()]
 
 
 @torch.no_grad()
