@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .adapters import (
-    WIDTH_LAYERS, feature_channels, feature_info_list, int_attributes, probe_widths, refresh_attributes,
+    WIDTH_LAYERS, Widths, feature_channels, feature_info_list, int_attributes, probe_widths, refresh_attributes,
     refresh_model_widths, resize_attributes,
 )
 from .spaces import SpaceTable
@@ -39,10 +39,14 @@ def kept_indices(table: SpaceTable, labels, leaf_masks: dict[int, torch.Tensor])
 
 
 @torch.no_grad()
-def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor]) -> nn.Module:
-    """Remove pruned channels from ``model`` in place and return it (model-level widths included)."""
+def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor],
+          dense_widths: Widths | None = None) -> nn.Module:
+    """Remove pruned channels from ``model`` in place and return it (model-level widths included).
+
+    ``dense_widths``: :func:`.adapters.probe_widths` of ``model`` as it is now, where the caller has it
+    (probed here otherwise)."""
     T = trace.table
-    dense_widths = probe_widths(model)
+    dense_widths = probe_widths(model) if dense_widths is None else dense_widths
     modules = dict(model.named_modules())
     for name, labels in trace.param_labels.items():
         module_name, _, attr = name.rpartition(".")
@@ -50,16 +54,16 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
         t = _tensor(module, attr)
         if t is None:
             continue
-        new = t.detach()
+        new = t
         for d, idx in enumerate(kept_indices(T, labels, leaf_masks)):
             if idx is not None:
-                new = new.index_select(d, idx.to(new.device))
-        if new is t:
+                new = new.index_select(d, idx.to(new.device))  # a new tensor: the dense one is left intact
+        if new is t:  # nothing removed: the tensor stays as it is
             continue
         if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(new.clone(), requires_grad=t.requires_grad)
+            module._parameters[attr] = nn.Parameter(new, requires_grad=t.requires_grad)
         else:
-            module._buffers[attr] = new.clone()
+            module._buffers[attr] = new
     groups: dict[str, int] = {}
     for conv in trace.convs:
         if conv.groups_label is not None and conv.weight is not None:

@@ -10,12 +10,14 @@ error as the stated reason: a strip never silently yields a different model.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from .adapters import Widths, probe_widths
 from .groups import PruningGroup
 from .norms import install_norm_hooks, norm_masks
 from .surgery import shallow_copy, strip, zero_pruned
@@ -38,15 +40,45 @@ def _probe_masks(groups: list[PruningGroup]) -> dict[int, torch.Tensor]:
     return masks
 
 
-def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any) -> str | None:
-    """None if stripping a bit of ``groups`` keeps the outputs, else what went wrong."""
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, every module's own mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model.eval()
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@torch.no_grad()
+def _masked_outputs(model: nn.Module, trace: ModelTrace, masks: dict[int, torch.Tensor],
+                    inputs: Any) -> list[torch.Tensor]:
+    """Outputs of ``model`` with the channels ``masks`` prunes zeroed and normalizations over channels
+    computed over the kept ones. Runs on ``model`` itself, its parameters swapped for zeroed copies for the
+    call (no copy of the module tree); parameters and hooks are restored afterwards."""
+    params = [(m, dict(m._parameters)) for m in model.modules()]
+    handles = []
+    try:
+        zero_pruned(model, trace, masks, inplace=False)
+        handles = install_norm_hooks(model, norm_masks(trace.table, trace.norms, masks))
+        return _outputs(call_model(model, inputs))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, saved in params:
+            m._parameters.update(saved)
+
+
+def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any,
+                dense_widths: Widths) -> str | None:
+    """None if stripping a bit of ``groups`` keeps the outputs of ``model`` (in eval mode), else what went
+    wrong (``dense_widths``: :func:`.adapters.probe_widths` of ``model``)."""
     masks = _probe_masks(groups)
     try:
+        expected = _masked_outputs(model, trace, masks, inputs)
         with torch.no_grad():
-            zeroed = zero_pruned(shallow_copy(model).eval(), trace, masks, inplace=False)
-            install_norm_hooks(zeroed, norm_masks(trace.table, trace.norms, masks))  # statistics over kept channels
-            expected = _outputs(call_model(zeroed, inputs))
-            stripped = strip(shallow_copy(model).eval(), trace, masks)  # from the dense weights, not the zeroed
+            stripped = strip(shallow_copy(model), trace, masks, dense_widths)  # from the dense weights
             got = _outputs(call_model(stripped, inputs))
     except Exception as e:  # noqa: BLE001 - the error becomes the group's stated reason
         return f"the stripped model fails: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -63,6 +95,8 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
 def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any) -> None:
     """Mark groups whose strip is not exact as unprunable, with the reason (bisects on failure)."""
     candidates = [g for g in groups if g.prunable]
+    if not candidates:
+        return
 
     def search(subset: list[PruningGroup], failure: str | None) -> None:
         if failure is None:
@@ -75,7 +109,7 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
             return
         half = len(subset) // 2
         left, right = subset[:half], subset[half:]
-        fl, fr = _difference(model, trace, left, inputs), _difference(model, trace, right, inputs)
+        fl, fr = (_difference(model, trace, part, inputs, dense_widths) for part in (left, right))
         if fl is None and fr is None:  # only fails in combination: exclude the whole subset
             for g in subset:
                 g.prunable = False
@@ -84,5 +118,6 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
         search(left, fl)
         search(right, fr)
 
-    if candidates:
-        search(candidates, _difference(model, trace, candidates, inputs))
+    with _eval_mode(model):
+        dense_widths = probe_widths(model)  # the dense model's, the same for every strip below
+        search(candidates, _difference(model, trace, candidates, inputs, dense_widths))
