@@ -43,6 +43,8 @@ PARAMS = {"pruning_target": LEVEL, "prune_first_conv": True, "prune_downsample_c
 which is a ViT's patch embedding and so decides its embedding dimension, and the downsampling convs)."""
 ROW_TIMEOUT = 600
 """Seconds one row may take before it is reported as timed out."""
+ONNX_TIMEOUT = 240
+"""Seconds a row's ONNX export may take before its cell says so."""
 LIBRARIES = ("timm", "torchvision", "transformers")
 HEADER = ["family", "model", "input", "prunable groups", "FLOPs prunable", "heads pruned", "exact strip",
           f"params kept at {LEVEL:.0%}", "reload", "ONNX"]
@@ -320,14 +322,28 @@ def _reload_cell(stripped: Any, inputs: Any, logits: Callable) -> str:
 
 
 def _onnx_cell(stripped: Any) -> str:
-    """``yes`` if hf_prune.export_onnx exports the stripped model and ONNX Runtime agrees, else why not."""
+    """``yes`` if hf_prune.export_onnx exports the stripped model and ONNX Runtime agrees, else why not.
+
+    In a row's process the export has :data:`ONNX_TIMEOUT` seconds (within the row's own limit): torch.export's
+    symbolic shapes can take a very long time on models that pad to window multiples at every stage (DaViT).
+    """
     from hf_prune.integrations.onnx import export_onnx
 
+    row_left = signal.alarm(0)  # seconds the row has left (0: no row limit, outside a row's process)
+    limit = min(row_left, ONNX_TIMEOUT) if row_left else 0
+    start = time.monotonic()
+    signal.alarm(limit)
     with tempfile.TemporaryDirectory() as directory:
         try:
             export_onnx(stripped, directory)
+        except OverTime:
+            if limit < ONNX_TIMEOUT:
+                raise  # the row's own limit
+            return f"no (export took over {ONNX_TIMEOUT} s)"
         except Exception as exc:  # noqa: BLE001 - the matrix shows the failure
             return f"no ({reason(exc)})"
+        finally:
+            signal.alarm(max(1, row_left - round(time.monotonic() - start)) if row_left else 0)
     return "yes"
 
 
@@ -437,8 +453,12 @@ def _size_text(inputs: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------- processes
+class OverTime(BaseException):
+    """A row's (or its ONNX export's) time is up; not an Exception, so that no cell takes it for its failure."""
+
+
 def _timeout(signum: int, frame: Any) -> None:
-    raise TimeoutError(f"over {ROW_TIMEOUT} s")
+    raise OverTime
 
 
 def _child(library: str, key: str, model: str | None, conn: Any) -> None:
@@ -450,6 +470,8 @@ def _child(library: str, key: str, model: str | None, conn: Any) -> None:
     signal.alarm(ROW_TIMEOUT)
     try:
         conn.send(compute_row(library, key, model))
+    except OverTime:
+        conn.send(failed_row(key, model, f"timed out (over {ROW_TIMEOUT} s)"))
     except BaseException as exc:  # noqa: BLE001 - reported as the row
         traceback.print_exc()
         conn.send(failed_row(key, model, f"failed ({reason(exc)})"))
