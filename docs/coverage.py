@@ -15,6 +15,7 @@ hangs costs only its row.
 from __future__ import annotations
 
 import argparse
+import inspect
 import multiprocessing
 import os
 import re
@@ -257,7 +258,7 @@ def build_transformers(class_name: str) -> Built:
     vision = getattr(config, "vision_config", None)
     if vision is not None and getattr(vision, "image_size", None):  # CLIP-like: the vision tower's input
         model.config.image_size = vision.image_size
-    if model.main_input_name == "input_ids":  # ImageGPT: images as sequences of colour-cluster ids
+    if "pixel_values" not in inspect.signature(model.forward).parameters:  # ImageGPT: colour-cluster ids
         ids = torch.randint(0, config.vocab_size - 1, (2, config.n_positions))
         return Built(model, {"input_ids": ids}, model_type, lambda m, x: m(**x).logits)
     size = input_size(model)
@@ -448,6 +449,8 @@ def _torchvision_builder(name: str) -> Any:
 
 
 def _size_text(inputs: Any) -> str:
+    if isinstance(inputs, dict) and "input_ids" in inputs:
+        return f"{inputs['input_ids'].shape[-1]} ids"
     x = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
     return "×".join(map(str, x.shape[-2:]))
 
