@@ -141,6 +141,7 @@ class Built:
     name: str  # the model the row measured
     logits: Callable[[Any, Any], Any]
     note: str = ""  # how it differs from the named model, e.g. "(depth 2)"
+    size: str = ""  # the input's size where the inputs do not show it
 
 
 def _first_batch(inputs: Any) -> Any:
@@ -258,6 +259,15 @@ def build_transformers(class_name: str) -> Built:
     vision = getattr(config, "vision_config", None)
     if vision is not None and getattr(vision, "image_size", None):  # CLIP-like: the vision tower's input
         model.config.image_size = vision.image_size
+    if model_type == "siglip2":  # patches of images at their own aspect ratio, made by its image processor
+        from transformers import Siglip2ImageProcessor
+
+        processor = Siglip2ImageProcessor(patch_size=config.vision_config.patch_size,
+                                          max_num_patches=config.vision_config.num_patches)
+        images = torch.randint(0, 256, (2, 3, config.image_size, config.image_size), dtype=torch.uint8)
+        inputs = dict(processor(list(images), return_tensors="pt"))
+        size = f"{config.image_size}×{config.image_size} ({inputs['pixel_values'].shape[1]} patches)"
+        return Built(model, inputs, model_type, lambda m, x: m(**x).logits, size=size)
     if "pixel_values" not in inspect.signature(model.forward).parameters:  # ImageGPT: colour-cluster ids
         ids = torch.randint(0, config.vocab_size - 1, (2, config.n_positions))
         return Built(model, {"input_ids": ids}, model_type, lambda m, x: m(**x).logits)
@@ -434,7 +444,8 @@ def compute_row(library: str, key: str, model: str | None = None) -> list[str]:
             built = build_transformers(key)
     except Exception as exc:  # noqa: BLE001 - the matrix shows the failure
         return failed_row(key, model, f"not built ({reason(exc)})")
-    return [key, f"`{built.name}` {built.note}".rstrip(), _size_text(built.inputs)] + measure(built, library)
+    size = built.size or _size_text(built.inputs)
+    return [key, f"`{built.name}` {built.note}".rstrip(), size] + measure(built, library)
 
 
 def failed_row(key: str, model: str | None, why: str) -> list[str]:
@@ -570,10 +581,17 @@ def _summary(rows: dict[tuple[str, str], list[str]]) -> str:
         pruned = [r for r in built if not r[3].startswith(("0/", "analysis"))]
         heads = [r for r in built if r[5].startswith("yes")]
         table.append((library, len(mine), len(built), len(pruned), sum(r[6] == "yes" for r in built),
-                      f"{sum(r[8] == 'yes' for r in built)}", f"{sum(r[9] == 'yes' for r in built)}",
-                      f"{sum(_kept(r) <= 0.75 for r in heads)}/{len(heads)}"))
+                      _count(built, 8), _count(built, 9),
+                      f"{sum(_kept(r) <= 0.75 for r in heads)}/{len(heads)}" if heads else NA))
     return markdown_table(["library", "rows", "built", "with a prunable group", "exact strip", "reload", "ONNX",
                            "heads pruned: params kept ≤ 0.75"], table, align="lrrrrrrr")
+
+
+def _count(rows: list[list[str]], column: int) -> str:
+    """How many ``rows`` say yes in ``column``; n/a where every one says n/a."""
+    if rows and all(r[column] == "n/a" for r in rows):
+        return "n/a"
+    return str(sum(r[column] == "yes" for r in rows))
 
 
 def _kept(row: list[str]) -> float:
