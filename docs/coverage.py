@@ -185,20 +185,20 @@ def _works(model: Any, x: Any) -> bool:
         return False
 
 
-TIMM_SMALL = ({"img_size": 64, "depth": 2}, {"img_size": 64}, {"depth": 2}, {})
+TIMM_SIZES = ({"img_size": 64, "depth": 2}, {"img_size": 64}, {"depth": 2}, {})
 """Constructor arguments tried in turn on a timm model (the first it builds and runs with wins): 64×64 images
 and 2 blocks where it takes them (``depth``: the number of blocks of ViT-like models). A model built without
 ``img_size`` that runs on 64×64 images is measured at that size (its ``pretrained_cfg`` says so)."""
 
 
 def build_timm(name: str) -> Built:
-    """``name`` with 10 classes and the first of :data:`TIMM_SMALL` it builds and runs with."""
+    """``name`` with 10 classes and the first of :data:`TIMM_SIZES` it builds and runs with."""
     import timm
     import torch
 
     from hf_prune.model_kind import input_size
 
-    for kwargs in TIMM_SMALL:
+    for kwargs in TIMM_SIZES:
         try:
             model = timm.create_model(name, num_classes=10, **kwargs).eval()
         except (TypeError, ValueError, AssertionError, RuntimeError, KeyError):
@@ -211,7 +211,7 @@ def build_timm(name: str) -> Built:
         x = torch.randn(2, *input_size(model))
         if _works(model, x[:1]):
             return Built(model, x, name, lambda m, x: m(x), note)
-    raise RuntimeError(f"timm {name} builds or runs with none of {TIMM_SMALL}")
+    raise RuntimeError(f"timm {name} builds or runs with none of {TIMM_SIZES}")
 
 
 def build_torchvision(name: str) -> Built:
@@ -280,15 +280,19 @@ def build_transformers(class_name: str) -> Built:
 _ADDRESS = re.compile(r"0x[0-9a-f]+|/tmp/[^\s'\"),]+")
 
 
+def _cell_text(text: str, width: int) -> str:
+    """``text`` as a table cell: no ``|``, at most ``width`` characters (cut with an ellipsis)."""
+    text = text.replace("|", "/")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def reason(exc: BaseException, width: int = 90) -> str:
     """``ErrorType: first line of the message`` of the error's root cause, shortened, without addresses or
     temporary paths."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = _ADDRESS.sub("…", f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))
-    text = text.replace("|", "/")
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return _cell_text(_ADDRESS.sub("…", f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")), width)
 
 
 def _heads_cell(analysis: Any) -> str:
@@ -303,7 +307,7 @@ def _heads_cell(analysis: Any) -> str:
         why = "strip check: " + why.rpartition("cannot be removed: ")[2]
     else:
         why = why.split(":")[0]
-    return f"refused ({why if len(why) <= 90 else why[:89] + '…'})".replace("|", "/")
+    return f"refused ({_cell_text(why, 90)})"
 
 
 def _main_reason(analysis: Any, width: int = 70) -> str:
@@ -311,8 +315,7 @@ def _main_reason(analysis: Any, width: int = 70) -> str:
     reasons = [why[0] for why in analysis.unprunable_layers.values() if why]
     if not reasons:
         return "no reason given"
-    text = max(reasons, key=reasons.count).replace("|", "/")
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return _cell_text(max(reasons, key=reasons.count), width)
 
 
 def _reload_cell(stripped: Any, inputs: Any, logits: Callable) -> str:

@@ -7,24 +7,14 @@ recomputation is a slow test. When any fails, regenerate with the command the fa
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 
 import pytest
 import transformers
 
-from test_docs import DOCS
+from test_docs import doc_script
 
-
-def _coverage():
-    spec = importlib.util.spec_from_file_location("docs_coverage", DOCS / "coverage.py")
-    module = sys.modules["docs_coverage"] = importlib.util.module_from_spec(spec)  # its dataclass looks it up
-    spec.loader.exec_module(module)
-    return module
-
-
-coverage = _coverage()
+coverage = doc_script("coverage")
 TEXT = coverage.DOC.read_text(encoding="utf-8")
 DOCUMENTED = coverage.parse(TEXT)
 SAMPLE = [("timm", "resnet"), ("torchvision", "squeezenet"), ("transformers", "Dinov2ForImageClassification")]

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
-    module = importlib.util.module_from_spec(spec)
+def doc_script(name: str) -> ModuleType:
+    """The script ``docs/<name>.py`` as a module (registered, as a dataclass it defines looks itself up)."""
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", DOCS / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("name", ["config.md", "architectures.md"])
 def test_generated_docs_are_current(name):
-    expected = _generator().GENERATED[name]()
+    expected = doc_script("generate").GENERATED[name]()
     assert (DOCS / name).read_text(encoding="utf-8") == expected, f"run: python docs/generate.py ({name} is stale)"
 
 

@@ -62,7 +62,7 @@ def weight_shapes(file: Path, source: str | os.PathLike[str]) -> dict[str, tuple
         raise PrunedModelError(f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
 
 
-def shared_names(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
+def _shared_names(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
     """Each state-dict key → every key of the same tensor (modules that share a submodule or parameter)."""
     by_tensor: dict[tuple, list[str]] = {}
     for key, t in state.items():
@@ -82,7 +82,7 @@ def check_weights(model: nn.Module, files: Sequence[Path], source: str | os.Path
     """
     state = model.state_dict()
     expected = {k: tuple(t.shape) for k, t in state.items()}
-    aliases = shared_names(state)
+    aliases = _shared_names(state)
     found = {_model_key(model, key): (shape, file.name)
              for file in files for key, shape in weight_shapes(file, source).items()}
     if only_recorded is not None:
