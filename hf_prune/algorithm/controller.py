@@ -24,7 +24,7 @@ from ..graph.surgery import strip, zero_pruned
 from .bn_adaptation import adapt_batchnorm
 from .importance import IMPORTANCE, group_importance
 from .latency import DeployTarget, LatencyModel, auto_channel_multiple, measure_latency
-from .masks import WeightMasker, _MaskHook, remove_mask_hooks
+from .masks import WeightMasker, _MaskHook, parameter_users, remove_mask_hooks
 from .ranking import (
     RankingCoefficients, RankingCoefficientsError, RewardFn, TrainFn, learn_ranking_coefficients,
 )
@@ -144,6 +144,7 @@ class FilterPruningController:
         self._pruning_level = 0.0
         self._frozen = False
         self._masker = WeightMasker()
+        self._users = parameter_users(self.analysis.trace.uses)
         self.mask_version = 0  # incremented whenever the masks change
         self.data_loader: Iterable[Any] | None = None
         self.measured_latency_ms: float | None = None
@@ -542,7 +543,8 @@ class FilterPruningController:
                 mask = mask * T.label_mask(trace.param_labels[param][d], leaf).reshape(view).float()
             masks[param] = mask
         spaces = {g.space for g in self._groups.values()}
-        self._masker.apply(self.model, masks, trace.standardized, norm_masks(T, trace.norms, leaf, spaces))
+        self._masker.apply(self.model, masks, trace.standardized, norm_masks(T, trace.norms, leaf, spaces),
+                           self._users)
 
 
 def has_pruning_masks(model: nn.Module) -> bool:

@@ -16,6 +16,7 @@ from .adapters import (
     WIDTH_LAYERS, Widths, feature_channels, feature_info_list, int_attributes, probe_widths, refresh_attributes,
     refresh_model_widths, resize_attributes,
 )
+from . import reshapes
 from .spaces import SpaceTable
 from .standardization import standardized_preimage
 from .trace import ModelTrace
@@ -40,11 +41,13 @@ def kept_indices(table: SpaceTable, labels, leaf_masks: dict[int, torch.Tensor])
 
 @torch.no_grad()
 def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tensor],
-          dense_widths: Widths | None = None) -> nn.Module:
+          dense_widths: Widths | None = None, every_view: bool = False) -> nn.Module:
     """Remove pruned channels from ``model`` in place and return it (model-level widths included).
 
     ``dense_widths``: :func:`.adapters.probe_widths` of ``model`` as it is now, where the caller has it
-    (probed here otherwise)."""
+    (probed here otherwise). Reshapes whose code computes dense sizes are resized (:mod:`.reshapes`): those
+    the strip check found (``trace.resized_views``), or with ``every_view`` every dimension of every view
+    call (for the strip check: valid on the traced inputs only)."""
     T = trace.table
     dense_widths = probe_widths(model) if dense_widths is None else dense_widths
     modules = dict(model.named_modules())
@@ -72,6 +75,8 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
         refresh_attributes(module, groups.get(name))
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         resize_attributes(modules[name], sizes, unchanged)
+    dims = None if every_view else trace.resized_views or {}
+    reshapes.install(model, reshapes.stripped_views(T, trace.views, leaf_masks, dims))
     refresh_model_widths(model, dense_widths)
     return model
 
@@ -167,6 +172,9 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
                    if dense_channels.get(path, channels) != channels}
         if changed:
             spec["feature_channels"] = changed
+    resized = reshapes.installed(model)
+    if resized:
+        spec["reshapes"] = resized
     return spec
 
 
@@ -227,4 +235,5 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
                            f"shape spec, the model has {len(entries)}")
         for entry, n in zip(entries, channels):
             entry["num_chs"] = n
+    reshapes.install(model, spec.get("reshapes", {}))
     return model

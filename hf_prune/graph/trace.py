@@ -26,6 +26,7 @@ from ..errors import AnalysisError
 from ..text import did_you_mean
 from .canonical import OP_VARIANTS, canonicalize
 from .norms import NormRecord, NormTracker
+from .reshapes import ViewCall, ViewRecorder
 from .spaces import Label, Site, SpaceTable
 
 aten = torch.ops.aten
@@ -90,6 +91,11 @@ class ModelTrace:
     activations): the attention heads, when a reshape split them from a projection's channels."""
     norms: list[NormRecord] = field(default_factory=list)
     """Normalization modules whose statistics run over a channel space (masked over kept channels)."""
+    views: list[ViewCall] = field(default_factory=list)
+    """Every ``view``/``reshape`` call, with its output's channel spaces (:mod:`.reshapes`)."""
+    resized_views: dict[str, dict[str, set[int]]] | None = None
+    """The view calls whose module's code computes a wrong size once stripped, with their channel dimensions
+    (found by the strip check; None: not checked, so every view that loses channels is resized)."""
 
 
 _IDENTITY = {
@@ -810,18 +816,21 @@ def _shapes(inputs: Any) -> str:
 def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
     """Run ``model`` once on ``example_inputs`` (eval mode, no grad) and label its channel spaces."""
     tracer = _Tracer(model)
+    views = ViewRecorder(lambda t: tracer.info(t).labels)
     names = {m: (n or "") for n, m in model.named_modules()}
     handles = []
 
     def pre(mod, args):
         name = names.get(mod, tracer.module)
         tracer.stack.append(name)
+        views.enter(name)
         if name in tracer.norms.kinds and args and isinstance(args[0], torch.Tensor):
             tracer.norms.enter(name, tracer.info(args[0]).labels)
 
     def post(mod, args, output):
         if len(tracer.stack) > 1:
             tracer.stack.pop()
+        views.exit()
 
     for m in names:
         handles.append(m.register_forward_pre_hook(pre))
@@ -838,7 +847,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
             tracer.set(t, labels, op="input")
             input_labels.extend(labels)
         try:
-            with torch.no_grad(), tracer:
+            with torch.no_grad(), tracer, views:
                 output = call_model(model, example_inputs)
         except AnalysisError:
             raise
@@ -879,4 +888,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         head_labels=tracer.head_labels,
         standardized=tracer.standardized,
         norms=norms,
+        views=views.calls,
     )

@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_flatten
 
 from .adapters import Widths, probe_widths
 from .groups import PruningGroup
+from . import reshapes
 from .norms import install_norm_hooks, norm_masks
 from .surgery import shallow_copy, strip, zero_pruned
 from .trace import ModelTrace, call_model
@@ -78,8 +79,11 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
     try:
         expected = _masked_outputs(model, trace, masks, inputs)
         with torch.no_grad():
-            stripped = strip(shallow_copy(model), trace, masks, dense_widths)  # from the dense weights
+            stripped = strip(shallow_copy(model), trace, masks, dense_widths, every_view=True)  # from the dense weights
             got = _outputs(call_model(stripped, inputs))
+            for module, calls in reshapes.resized_dims(stripped).items():
+                for index, dims in calls.items():
+                    trace.resized_views.setdefault(module, {}).setdefault(index, set()).update(dims)
     except Exception as e:  # noqa: BLE001 - the error becomes the group's stated reason
         return f"the stripped model fails: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     for a, b in zip(expected, got):
@@ -118,6 +122,7 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
         search(left, fl)
         search(right, fr)
 
+    trace.resized_views = {}
     with _eval_mode(model):
         dense_widths = probe_widths(model)  # the dense model's, the same for every strip below
         search(candidates, _difference(model, trace, candidates, inputs, dense_widths))

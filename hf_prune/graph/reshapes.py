@@ -1,0 +1,192 @@
+"""Reshape sizes that a stripped module's code would still compute from its dense widths.
+
+Many attention implementations merge their heads with ``x.transpose(1, 2).reshape(B, N, C)``, ``C`` taken
+from the *input's* width, or split them with ``reshape(B, N, 3, self.num_heads, C // self.num_heads)``. After
+heads are removed these sizes are wrong, whatever integer attributes the strip updates, and the stripped
+module cannot run. The trace knows what each such reshape must produce: the kept channels of every dimension.
+
+So the trace records every ``view``/``reshape`` call (:class:`ViewCall`: which module ran it, the line of
+model code that made it and how many calls that line had made while the module ran, its output's channel
+spaces), and the strip gives a module
+whose reshapes need it a forward pre-hook that runs its forward under :class:`_Resize`, a
+``TorchFunctionMode`` that sets the channel dimensions of those calls to their stripped sizes. The other
+dimensions (batch, tokens) are the model's own, so the module still runs at any batch size and resolution.
+
+A module gets the hook only where its own code computes a wrong size: the strip check
+(:mod:`.verify`) runs the stripped model with every candidate hooked and keeps the modules whose sizes
+were actually changed (:attr:`~.trace.ModelTrace.resized_views`); the others run without any mode. The
+sizes are part of the shape spec, so a reload installs the same hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Mapping
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import PrunedModelError
+from .spaces import Label, SpaceTable
+
+VIEW_FUNCTIONS = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape})
+"""The Python-level calls whose sizes are recorded and, in a stripped module, resized."""
+
+ATTR = "_hf_prune_reshapes"
+"""Module attribute holding its resized calls: call site → {dimension: stripped size}."""
+
+Resizes = dict[str, dict[int, int]]
+_SKIPPED = (os.path.dirname(torch.__file__), __file__)
+
+
+def _call_site(counts: Counter) -> str:
+    """The model code making the current view call (``file:function:+line#occurrence``, the line relative
+    to its function, so that edits elsewhere in the file do not move it), counted in ``counts``."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        frame = frame.f_back
+    if frame is None:
+        site = "?"
+    else:
+        code = frame.f_code
+        name = getattr(code, "co_qualname", code.co_name)  # Python 3.10 has no co_qualname
+        site = f"{os.path.basename(code.co_filename)}:{name}:+{frame.f_lineno - code.co_firstlineno}"
+    counts[site] += 1
+    return f"{site}#{counts[site]}"
+
+
+@dataclass(frozen=True)
+class ViewCall:
+    """One traced ``view``/``reshape``: the innermost module running it, its call site (:func:`_call_site`,
+    counted over the calls made while that module ran, its children's included), and its output's shape and
+    channel spaces."""
+
+    module: str
+    site: str
+    shape: tuple[int, ...]
+    labels: tuple[Label, ...]
+
+
+class ViewRecorder(TorchFunctionMode):
+    """Records :class:`ViewCall` s while the tracer runs; ``labels_of`` gives a traced tensor's labels."""
+
+    def __init__(self, labels_of: Callable[[torch.Tensor], list[Label]]) -> None:
+        super().__init__()
+        self.labels_of = labels_of
+        self.frames: list[tuple[str, Counter]] = []  # (module, its calls per site) per running module, innermost last
+        self.calls: list[ViewCall] = []
+
+    def enter(self, module: str) -> None:
+        self.frames.append((module, Counter()))
+
+    def exit(self) -> None:
+        if self.frames:
+            self.frames.pop()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in VIEW_FUNCTIONS and self.frames:
+            sites = [_call_site(counts) for _, counts in self.frames]
+            if isinstance(out, torch.Tensor):
+                self.calls.append(ViewCall(self.frames[-1][0], sites[-1], tuple(out.shape), tuple(self.labels_of(out))))
+        return out
+
+
+ChannelDims = dict[str, dict[str, set[int]]]
+"""Per module: the view calls to resize, each with its dimensions that carry prunable channels."""
+
+
+def stripped_views(table: SpaceTable, calls: list[ViewCall], leaf_masks: dict[int, torch.Tensor],
+                   dims: ChannelDims | None = None) -> dict[str, Resizes]:
+    """Per module: the stripped sizes of ``dims`` (its kept channels, changed or not: the module's code may
+    compute an unchanged size from a changed width), or where None of every dimension of every call (valid
+    on the traced inputs only: the strip check's)."""
+    out: dict[str, Resizes] = {}
+    for call in calls:
+        wanted = range(len(call.shape)) if dims is None else dims.get(call.module, {}).get(call.site, ())
+        sizes = {d: int(table.label_mask(call.labels[d], leaf_masks).sum()) for d in wanted}
+        if sizes:
+            out.setdefault(call.module, {})[call.site] = sizes
+    return out
+
+
+def resized_dims(stripped: nn.Module) -> ChannelDims:
+    """The dimensions of view calls whose module's code asked for another size than the stripped one, in
+    ``stripped`` (every view resized, run on the traced inputs)."""
+    return {path: m._hf_prune_wrong for path, m in stripped.named_modules() if getattr(m, "_hf_prune_wrong", None)}
+
+
+def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, int]]]) -> None:
+    """Hook each module named in ``resizes`` (dimensions may be JSON strings) so its forward runs its
+    reshapes at the stripped sizes; merges with the sizes of an earlier strip."""
+    for path, calls in resizes.items():
+        module = model.get_submodule(path)
+        current: Resizes = getattr(module, ATTR, None) or {}
+        for site, dims in calls.items():
+            current.setdefault(site, {}).update({int(d): int(n) for d, n in dims.items()})
+        if getattr(module, ATTR, None) is None:
+            module.register_forward_pre_hook(_enter)
+            module.register_forward_hook(_exit, always_call=True)
+        setattr(module, ATTR, current)
+
+
+def installed(model: nn.Module) -> dict[str, dict[str, dict[str, int]]]:
+    """The resized calls of every module of ``model``, JSON-ready (for the shape spec)."""
+    return {path: {site: {str(d): n for d, n in dims.items()} for site, dims in sorted(getattr(m, ATTR).items())}
+            for path, m in model.named_modules() if getattr(m, ATTR, None)}
+
+
+def _enter(module: nn.Module, args: Any) -> None:
+    mode = _Resize(module)
+    module.__dict__.setdefault("_hf_prune_modes", []).append(mode)
+    mode.__enter__()
+
+
+def _exit(module: nn.Module, args: Any, output: Any) -> None:
+    modes = module.__dict__.get("_hf_prune_modes")
+    if modes:
+        modes.pop().__exit__(None, None, None)
+
+
+def _sizes(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, list] | None:
+    """The tensor and the requested sizes of a view call, or None for another form (``view(dtype)``)."""
+    if kwargs:
+        args = args + tuple(kwargs.get(k) for k in ("shape", "size") if k in kwargs)
+    if len(args) < 2:
+        return None
+    x, rest = args[0], args[1:]
+    sizes = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else list(rest)
+    return (x, sizes) if all(isinstance(n, (int, torch.SymInt)) for n in sizes) else None
+
+
+class _Resize(TorchFunctionMode):
+    """Runs one forward of ``module`` with its recorded view calls at their stripped sizes."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.resizes: Resizes = getattr(module, ATTR)
+        self.counts: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in VIEW_FUNCTIONS:
+            site = _call_site(self.counts)
+            dims = self.resizes.get(site)
+            if dims:
+                found = _sizes(func, args, kwargs)
+                if found is None or max(dims) >= len(found[1]):
+                    raise PrunedModelError(
+                        f"{type(self.module).__name__}: the view call at {site} does not have the dimensions it had "
+                        f"when the model was stripped ({sorted(dims)}): its forward took another code path")
+                x, sizes = found
+                new = [dims.get(d, n) for d, n in enumerate(sizes)]
+                wrong = {d for d, n in enumerate(sizes) if n != -1 and n != new[d]}  # the code's own size
+                if wrong:
+                    self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(site, set()).update(wrong)
+                return func(x, new)
+        return func(*args, **kwargs)
