@@ -40,7 +40,7 @@ ATTR = "_hf_prune_reshapes"
 """Module attribute holding its resized calls: call site → {dimension: stripped size}."""
 
 Resizes = dict[str, dict[int, int]]
-_SKIPPED = (os.path.dirname(torch.__file__), __file__)
+_SKIPPED = (os.path.dirname(torch.__file__) + os.sep, __file__)  # torch's code (not torchvision's), this file
 
 
 def _call_site(counts: Counter) -> str:

@@ -148,6 +148,14 @@ def shallow_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict and its non-persistent buffers (timm BEiT's zero key bias is sliced with the
+    heads, and a reload must narrow it too)."""
+    state = model.state_dict()
+    state.update((n, b) for n, b in model.named_buffers(remove_duplicate=False) if n not in state)
+    return state
+
+
 def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     """What a reload needs to rebuild a stripped model from its dense definition.
 
@@ -156,9 +164,9 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned,
     a timm model's ``num_features``) and the ``feature_info`` channels of each timm model that differ from it.
     """
-    ref = dict(reference.state_dict()) if reference is not None else {}
+    ref = tensors(reference) if reference is not None else {}
     shapes = {
-        name: list(t.shape) for name, t in model.state_dict().items()
+        name: list(t.shape) for name, t in tensors(model).items()
         if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
     }
     ref_modules = dict(reference.named_modules()) if reference is not None else {}

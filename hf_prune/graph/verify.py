@@ -10,12 +10,13 @@ error as the stated reason: a strip never silently yields a different model.
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .adapters import Widths, probe_widths
 from .groups import PruningGroup
@@ -24,7 +25,10 @@ from .norms import install_norm_hooks, norm_masks
 from .surgery import shallow_copy, strip, zero_pruned
 from .trace import ModelTrace, call_model
 
-RTOL = 1e-4
+TOLERANCE = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-4, 1e-6)}
+"""(relative, absolute) tolerance of stripped against masked outputs, by dtype: the check runs in float64
+where the model does, so that a small but real difference (an attention scale computed from a width) is
+not lost in float32 rounding."""
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
@@ -91,16 +95,51 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
             return f"the stripped model's output shape changes from {tuple(a.shape)} to {tuple(b.shape)}"
         scale = float(a.abs().max()) if a.numel() else 0.0
         diff = float((a - b).abs().max()) if a.numel() else 0.0
-        if diff > RTOL * max(scale, 1e-6) + 1e-6:
+        rtol, atol = TOLERANCE.get(a.dtype, TOLERANCE[torch.float32])
+        if diff > rtol * scale + atol:
             return f"the stripped model's outputs differ from the masked model's (max abs diff {diff:.2e})"
     return None
 
 
+def _in_float64(model: nn.Module, inputs: Any) -> Any:
+    """Convert ``model`` to float64 in place and return ``inputs`` in float64, where the model runs so;
+    else leave it in its dtype and return ``inputs`` as they are."""
+    wide = tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, inputs)
+    dtypes = {id(t): t.dtype for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            call_model(model.double(), wide)
+        return wide
+    except Exception:  # noqa: BLE001 - an op or a cast without float64: checked in the model's own dtype
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            t.data = t.data.to(dtypes.get(id(t), t.dtype))
+        return inputs
+
+
 def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any) -> None:
-    """Mark groups whose strip is not exact as unprunable, with the reason (bisects on failure)."""
+    """Mark groups whose strip is not exact as unprunable, with the reason (bisects on failure; where only a
+    combination fails, narrows it to a minimal failing set, so that groups that strip exactly stay).
+
+    Runs in float64 where ``model`` does: ``model`` (the analysis's own copy) is left in float64."""
     candidates = [g for g in groups if g.prunable]
     if not candidates:
         return
+    inputs = _in_float64(model, inputs)
+
+    def difference(subset: list[PruningGroup]) -> str | None:
+        return _difference(model, trace, subset, inputs, dense_widths)
+
+    def exclude(group: PruningGroup, reason: str) -> None:
+        group.prunable = False
+        group.reasons.append(reason)
+
+    def minimal(subset: list[PruningGroup]) -> list[PruningGroup]:
+        culprits = list(subset)
+        for g in subset:
+            trial = [c for c in culprits if c is not g]
+            if trial and difference(trial) is not None:
+                culprits = trial
+        return culprits
 
     def search(subset: list[PruningGroup], failure: str | None) -> None:
         if failure is None:
@@ -108,21 +147,23 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
         if len(subset) == 1:
             attention = subset[0].attention
             heads = f"the heads of {attention or '<model>'} cannot be removed: " if attention is not None else ""
-            subset[0].prunable = False
-            subset[0].reasons.append(f"strip check: {heads}{failure}")
+            exclude(subset[0], f"strip check: {heads}{failure}")
             return
         half = len(subset) // 2
         left, right = subset[:half], subset[half:]
-        fl, fr = (_difference(model, trace, part, inputs, dense_widths) for part in (left, right))
-        if fl is None and fr is None:  # only fails in combination: exclude the whole subset
-            for g in subset:
-                g.prunable = False
-                g.reasons.append(f"strip check (together with other groups): {failure}")
-            return
-        search(left, fl)
-        search(right, fr)
+        fl, fr = difference(left), difference(right)
+        if fl is None and fr is None:  # only fails in combination
+            culprits = minimal(subset)
+            for g in culprits:
+                exclude(g, f"strip check (together with {len(culprits) - 1} other groups): {failure}")
+        else:
+            search(left, fl)
+            search(right, fr)
+        rest = [g for g in subset if g.prunable]  # what is left must also strip exactly together
+        if rest:
+            search(rest, difference(rest))
 
     trace.resized_views = {}
     with _eval_mode(model):
         dense_widths = probe_widths(model)  # the dense model's, the same for every strip below
-        search(candidates, _difference(model, trace, candidates, inputs, dense_widths))
+        search(candidates, difference(candidates))
