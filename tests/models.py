@@ -80,15 +80,10 @@ TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
 }
 """timm architectures at a small size (32×32 images)."""
 HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_swinv2",
-               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "timm_swin",
-               "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
-"""Architectures whose attention heads are pruned."""
-HEADS_REFUSED = {"timm_beit": "Attention"}
-"""Architectures whose heads cannot be stripped (their forward reshapes the attention output to the input width)."""
-if int(transformers.__version__.split(".")[0]) >= 5:
-    HEAD_MODELS += ["hf_clip", "hf_siglip"]
-else:  # transformers 4 reshapes CLIP's and SigLIP's attention output to the input's width
-    HEADS_REFUSED |= {"hf_clip": "CLIPAttention", "hf_siglip": "SiglipAttention"}
+               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_swin", "timm_beit",
+               "timm_cait", "timm_eva02", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
+"""Architectures whose attention heads are pruned (timm BEiT, CaiT, and transformers 4's CLIP and SigLIP merge
+their heads to the input's width: the strip resizes that reshape)."""
 
 ALL_MODELS = TIMM_MODELS + TIMM_TEST_MODELS + list(HF_MODELS)
 

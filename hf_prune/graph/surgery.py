@@ -148,11 +148,17 @@ def shallow_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state dict and its non-persistent buffers (timm BEiT's zero key bias is sliced with the
-    heads, and a reload must narrow it too)."""
+def tensors(model: nn.Module, reference: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s state dict, and its non-persistent buffers that are narrower than ``reference``'s (sliced by
+    a strip, as timm BEiT's zero key bias with the heads: a reload must narrow them too; a cache the forward
+    fills, as ConViT's ``rel_indices``, is not)."""
     state = model.state_dict()
-    state.update((n, b) for n, b in model.named_buffers(remove_duplicate=False) if n not in state)
+    ref = dict(reference.named_buffers(remove_duplicate=False)) if reference is not None else {}
+    for name, b in model.named_buffers(remove_duplicate=False):
+        dense = ref.get(name)
+        if name not in state and dense is not None and b.dim() == dense.dim() and b.shape != dense.shape \
+                and all(n <= d for n, d in zip(b.shape, dense.shape)):
+            state[name] = b
     return state
 
 
@@ -164,9 +170,10 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned,
     a timm model's ``num_features``) and the ``feature_info`` channels of each timm model that differ from it.
     """
-    ref = tensors(reference) if reference is not None else {}
+    ref = {**reference.state_dict(), **dict(reference.named_buffers(remove_duplicate=False))} \
+        if reference is not None else {}
     shapes = {
-        name: list(t.shape) for name, t in tensors(model).items()
+        name: list(t.shape) for name, t in tensors(model, reference).items()
         if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
     }
     ref_modules = dict(reference.named_modules()) if reference is not None else {}

@@ -116,6 +116,9 @@ _VIEW_LIKE = {
     aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten,
     aten.view_as, aten.reshape_as,
 }
+_FAST_PATHS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
+"""Modules that take a fused fast path only where no ``TorchFunctionMode`` is active: the trace pauses its
+view recorder while they run, so that it sees the path they take at inference."""
 _SPATIAL_OPS = {
     aten.max_pool1d: 1, aten.max_pool2d: 2, aten.max_pool3d: 3, aten.max_pool2d_with_indices: 2,
     aten.max_pool3d_with_indices: 3, aten.avg_pool1d: 1, aten.avg_pool2d: 2, aten.avg_pool3d: 3,
@@ -824,6 +827,8 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         name = names.get(mod, tracer.module)
         tracer.stack.append(name)
         views.enter(name)
+        if isinstance(mod, _FAST_PATHS):
+            views.__exit__(None, None, None)  # paused: see _FAST_PATHS
         if name in tracer.norms.kinds and args and isinstance(args[0], torch.Tensor):
             tracer.norms.enter(name, tracer.info(args[0]).labels)
 
@@ -831,6 +836,8 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         if len(tracer.stack) > 1:
             tracer.stack.pop()
         views.exit()
+        if isinstance(mod, _FAST_PATHS):
+            views.__enter__()
 
     for m in names:
         handles.append(m.register_forward_pre_hook(pre))
