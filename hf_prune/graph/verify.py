@@ -36,11 +36,12 @@ def _outputs(out: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
-def _probe_masks(groups: list[PruningGroup]) -> dict[int, torch.Tensor]:
+def _probe_masks(groups: list[PruningGroup], head_units: int = 1) -> dict[int, torch.Tensor]:
+    """Masks removing one unit of every group, ``head_units`` of attention heads (where a group has them)."""
     masks = {}
     for g in groups:
         keep = torch.ones(g.size, dtype=torch.bool)
-        keep[max(1, g.size - g.unit):] = False
+        keep[max(1, g.size - g.unit * (head_units if g.attention is not None else 1)):] = False
         masks[g.space] = keep
     return masks
 
@@ -76,10 +77,10 @@ def _masked_outputs(model: nn.Module, trace: ModelTrace, masks: dict[int, torch.
 
 
 def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any,
-                dense_widths: Widths) -> str | None:
-    """None if stripping a bit of ``groups`` keeps the outputs of ``model`` (in eval mode), else what went
-    wrong (``dense_widths``: :func:`.adapters.probe_widths` of ``model``)."""
-    masks = _probe_masks(groups)
+                dense_widths: Widths, head_units: int = 1) -> str | None:
+    """None if stripping a bit of ``groups`` (:func:`_probe_masks`) keeps the outputs of ``model`` (in eval
+    mode), else what went wrong (``dense_widths``: :func:`.adapters.probe_widths` of ``model``)."""
+    masks = _probe_masks(groups, head_units)
     try:
         expected = _masked_outputs(model, trace, masks, inputs)
         with torch.no_grad():
@@ -126,8 +127,10 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
         return
     inputs = _in_float64(model, inputs)
 
+    head_units = 1
+
     def difference(subset: list[PruningGroup]) -> str | None:
-        return _difference(model, trace, subset, inputs, dense_widths)
+        return _difference(model, trace, subset, inputs, dense_widths, head_units)
 
     def exclude(group: PruningGroup, reason: str) -> None:
         group.prunable = False
@@ -167,3 +170,9 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
     with _eval_mode(model):
         dense_widths = probe_widths(model)  # the dense model's, the same for every strip below
         search(candidates, difference(candidates))
+        # Again with two heads removed per attention module: where the embedding width and the head count
+        # shrink in proportion (a residual unit of one head's width), ``C // num_heads`` is right by chance.
+        head_units = 2
+        rest = [g for g in candidates if g.prunable]
+        if any(g.attention is not None for g in rest):
+            search(rest, difference(rest))
