@@ -88,6 +88,19 @@ def test_only_modules_whose_code_asks_for_a_wrong_size_are_resized():
         assert {n for n, m in stripped.named_modules() if getattr(m, RESIZED, None)} == expected, name
 
 
+def test_a_resized_model_compiles_without_graph_breaks():
+    """The resizing hook is plain Python state that ``torch.compile`` traces: same outputs, no graph break."""
+    model, inputs, logits = _randomized("timm_beit")
+    ctrl = _controller(model, inputs)
+    ctrl.set_pruning_level(0.5)
+    stripped = ctrl.strip_model(model, do_copy=True).eval()
+    assert any(getattr(m, RESIZED, None) for m in stripped.modules())
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(stripped, backend="aot_eager")(inputs), stripped(inputs))
+        assert torch._dynamo.explain(stripped)(inputs).graph_break_count == 0
+
+
 def test_a_weight_used_by_its_parents_code_is_masked_there():
     """timm BEiT's attention calls ``F.linear(x, self.qkv.weight, bias)``, never ``qkv``'s own forward: the
     mask of the embedding channels ``qkv`` consumes must apply during the attention's forward."""

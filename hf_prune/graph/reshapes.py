@@ -5,24 +5,21 @@ from the *input's* width, or split them with ``reshape(B, N, 3, self.num_heads, 
 heads are removed these sizes are wrong, whatever integer attributes the strip updates, and the stripped
 module cannot run. The trace knows what each such reshape must produce: the kept channels of every dimension.
 
-So the trace records every ``view``/``reshape`` call (:class:`ViewCall`: which module ran it, the line of
-model code that made it and how many calls that line had made while the module ran, its output's channel
-spaces), and the strip gives a module
+So the trace records every ``view``/``reshape`` call (:class:`ViewCall`: which module ran it, its key
+among the calls made while that module ran, its output's channel spaces), and the strip gives a module
 whose reshapes need it a forward pre-hook that runs its forward under :class:`_Resize`, a
 ``TorchFunctionMode`` that sets the channel dimensions of those calls to their stripped sizes. The other
-dimensions (batch, tokens) are the model's own, so the module still runs at any batch size and resolution.
+dimensions (batch, tokens) are the model's own, so the module still runs at any batch size and resolution,
+and under ``torch.compile``.
 
 A module gets the hook only where its own code computes a wrong size: the strip check
-(:mod:`.verify`) runs the stripped model with every candidate hooked and keeps the modules whose sizes
+(:mod:`.verify`) runs the stripped model with every view call resized and keeps the calls whose sizes
 were actually changed (:attr:`~.trace.ModelTrace.resized_views`); the others run without any mode. The
 sizes are part of the shape spec, so a reload installs the same hooks.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
@@ -37,36 +34,29 @@ VIEW_FUNCTIONS = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.resha
 """The Python-level calls whose sizes are recorded and, in a stripped module, resized."""
 
 ATTR = "_hf_prune_reshapes"
-"""Module attribute holding its resized calls: call site → {dimension: stripped size}."""
+"""Module attribute holding its resized calls: call key (:func:`_call_key`) → {dimension: stripped size}."""
 
 Resizes = dict[str, dict[int, int]]
-_SKIPPED = (os.path.dirname(torch.__file__) + os.sep, __file__)  # torch's code (not torchvision's), this file
-
-
-def _call_site(counts: Counter) -> str:
-    """The model code making the current view call (``file:function:+line#occurrence``, the line relative
-    to its function, so that edits elsewhere in the file do not move it), counted in ``counts``."""
-    frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
-        frame = frame.f_back
-    if frame is None:
-        site = "?"
-    else:
-        code = frame.f_code
-        name = getattr(code, "co_qualname", code.co_name)  # Python 3.10 has no co_qualname
-        site = f"{os.path.basename(code.co_filename)}:{name}:+{frame.f_lineno - code.co_firstlineno}"
-    counts[site] += 1
-    return f"{site}#{counts[site]}"
+def _call_key(args: tuple, kwargs: dict, counts: dict[str, int]) -> str:
+    """The key of a view call among the calls of one module's forward: its signature (input dimensions >
+    requested dimensions) and how many calls with that signature came before, counted in ``counts``.
+    Signatures, not positions: a path taken only once (ConViT computes its relative indices on its first
+    call only) then does not renumber the calls that resize; no frame inspection, so ``torch.compile``
+    traces it."""
+    found = _sizes(args, kwargs)
+    signature = f"{found[0].dim()}>{len(found[1])}" if found is not None else "other"
+    counts[signature] = counts.get(signature, 0) + 1
+    return f"{signature}#{counts[signature]}"
 
 
 @dataclass(frozen=True)
 class ViewCall:
-    """One traced ``view``/``reshape``: the innermost module running it, its call site (:func:`_call_site`,
-    counted over the calls made while that module ran, its children's included), and its output's shape and
-    channel spaces."""
+    """One traced ``view``/``reshape``: the innermost module running it, its key (:func:`_call_key`, counted
+    over the calls made while that module ran, its children's included), and its output's shape and channel
+    spaces."""
 
     module: str
-    site: str
+    key: str
     shape: tuple[int, ...]
     labels: tuple[Label, ...]
 
@@ -77,22 +67,23 @@ class ViewRecorder(TorchFunctionMode):
     def __init__(self, labels_of: Callable[[torch.Tensor], list[Label]]) -> None:
         super().__init__()
         self.labels_of = labels_of
-        self.frames: list[tuple[str, Counter]] = []  # (module, its calls per site) per running module, innermost last
+        self.frames: list[tuple[str, dict[str, int]]] = []  # (module, its calls per signature), innermost last
         self.calls: list[ViewCall] = []
 
     def enter(self, module: str) -> None:
-        self.frames.append((module, Counter()))
+        self.frames.append((module, {}))
 
     def exit(self) -> None:
         if self.frames:
             self.frames.pop()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if func in VIEW_FUNCTIONS and self.frames:
-            sites = [_call_site(counts) for _, counts in self.frames]
+            keys = [_call_key(args, kwargs, counts) for _, counts in self.frames]
             if isinstance(out, torch.Tensor):
-                self.calls.append(ViewCall(self.frames[-1][0], sites[-1], tuple(out.shape), tuple(self.labels_of(out))))
+                self.calls.append(ViewCall(self.frames[-1][0], keys[-1], tuple(out.shape), tuple(self.labels_of(out))))
         return out
 
 
@@ -107,10 +98,10 @@ def stripped_views(table: SpaceTable, calls: list[ViewCall], leaf_masks: dict[in
     on the traced inputs only: the strip check's)."""
     out: dict[str, Resizes] = {}
     for call in calls:
-        wanted = range(len(call.shape)) if dims is None else dims.get(call.module, {}).get(call.site, ())
+        wanted = range(len(call.shape)) if dims is None else dims.get(call.module, {}).get(call.key, ())
         sizes = {d: int(table.label_mask(call.labels[d], leaf_masks).sum()) for d in wanted}
         if sizes:
-            out.setdefault(call.module, {})[call.site] = sizes
+            out.setdefault(call.module, {})[call.key] = sizes
     return out
 
 
@@ -126,8 +117,8 @@ def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, in
     for path, calls in resizes.items():
         module = model.get_submodule(path)
         current: Resizes = getattr(module, ATTR, None) or {}
-        for site, dims in calls.items():
-            current.setdefault(site, {}).update({int(d): int(n) for d, n in dims.items()})
+        for key, dims in calls.items():
+            current.setdefault(key, {}).update({int(d): int(n) for d, n in dims.items()})
         if getattr(module, ATTR, None) is None:
             module.register_forward_pre_hook(_enter)
             module.register_forward_hook(_exit, always_call=True)
@@ -136,7 +127,7 @@ def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, in
 
 def installed(model: nn.Module) -> dict[str, dict[str, dict[str, int]]]:
     """The resized calls of every module of ``model``, JSON-ready (for the shape spec)."""
-    return {path: {site: {str(d): n for d, n in dims.items()} for site, dims in sorted(getattr(m, ATTR).items())}
+    return {path: {key: {str(d): n for d, n in dims.items()} for key, dims in sorted(getattr(m, ATTR).items())}
             for path, m in model.named_modules() if getattr(m, ATTR, None)}
 
 
@@ -152,7 +143,7 @@ def _exit(module: nn.Module, args: Any, output: Any) -> None:
         modes.pop().__exit__(None, None, None)
 
 
-def _sizes(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, list] | None:
+def _sizes(args: tuple, kwargs: dict) -> tuple[torch.Tensor, list] | None:
     """The tensor and the requested sizes of a view call, or None for another form (``view(dtype)``)."""
     if kwargs:
         args = args + tuple(kwargs.get(k) for k in ("shape", "size") if k in kwargs)
@@ -170,23 +161,23 @@ class _Resize(TorchFunctionMode):
         super().__init__()
         self.module = module
         self.resizes: Resizes = getattr(module, ATTR)
-        self.counts: Counter = Counter()
+        self.counts: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in VIEW_FUNCTIONS:
-            site = _call_site(self.counts)
-            dims = self.resizes.get(site)
+            key = _call_key(args, kwargs, self.counts)
+            dims = self.resizes.get(key)
             if dims:
-                found = _sizes(func, args, kwargs)
+                found = _sizes(args, kwargs)
                 if found is None or max(dims) >= len(found[1]):
                     raise PrunedModelError(
-                        f"{type(self.module).__name__}: the view call at {site} does not have the dimensions it had "
+                        f"{type(self.module).__name__}: its view call {key} does not have the dimensions it had "
                         f"when the model was stripped ({sorted(dims)}): its forward took another code path")
                 x, sizes = found
                 new = [dims.get(d, n) for d, n in enumerate(sizes)]
                 wrong = {d for d, n in enumerate(sizes) if n != -1 and n != new[d]}  # the code's own size
                 if wrong:
-                    self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(site, set()).update(wrong)
+                    self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set()).update(wrong)
                 return func(x, new)
         return func(*args, **kwargs)
