@@ -11,8 +11,8 @@ from transformers import (
     BeitConfig, BeitForImageClassification, CLIPConfig, CLIPForImageClassification, ConvNextConfig,
     ConvNextForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification, DeiTConfig,
     DeiTForImageClassification, Dinov2Config, Dinov2ForImageClassification, EfficientNetConfig,
-    EfficientNetForImageClassification, IJepaConfig, IJepaForImageClassification, MobileNetV2Config,
-    MobileNetV2ForImageClassification, MobileViTConfig, MobileViTForImageClassification, PvtConfig,
+    EfficientNetForImageClassification, IJepaConfig, IJepaForImageClassification, LevitConfig,
+    LevitForImageClassification, MobileNetV2Config, MobileNetV2ForImageClassification, MobileViTConfig, MobileViTForImageClassification, PvtConfig,
     PvtForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification,
     SiglipConfig, SiglipForImageClassification, SwinConfig, SwinForImageClassification, Swinv2Config,
     Swinv2ForImageClassification, ViTConfig, ViTForImageClassification, ViTMSNConfig, ViTMSNForImageClassification,
@@ -55,6 +55,9 @@ HF_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "hf_ijepa": lambda: IJepaForImageClassification(IJepaConfig(**_VIT_SIZES, num_labels=10)),
     "hf_pvt": lambda: PvtForImageClassification(PvtConfig(image_size=32, num_labels=10)),
     "hf_mobilevit": lambda: MobileViTForImageClassification(MobileViTConfig(image_size=32, num_labels=10)),
+    "hf_levit": lambda: LevitForImageClassification(LevitConfig(
+        image_size=64, hidden_sizes=[32, 64, 96], num_attention_heads=[2, 4, 6], depths=[1, 1, 1],
+        key_dim=[16, 16, 16], num_labels=10)),
     "hf_clip": lambda: CLIPForImageClassification(CLIPConfig(
         vision_config=_VIT_SIZES, text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                    intermediate_size=64), num_labels=10)),
@@ -80,7 +83,7 @@ TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
 }
 """timm architectures at a small size (32×32 images)."""
 HEAD_MODELS = ["hf_vit", "hf_beit", "hf_data2vec_vision", "hf_dinov2", "hf_vit_msn", "hf_swin", "hf_swinv2",
-               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "timm_swin", "timm_beit",
+               "hf_deit", "hf_ijepa", "hf_pvt", "hf_mobilevit", "hf_clip", "hf_siglip", "hf_levit", "timm_swin", "timm_beit",
                "timm_cait", "timm_eva02", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "test_vit"]
 """Architectures whose attention heads are pruned (timm BEiT, CaiT, and transformers 4's CLIP and SigLIP merge
 their heads to the input's width: the strip resizes that reshape)."""

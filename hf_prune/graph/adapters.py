@@ -25,6 +25,11 @@ WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBa
 """Layers whose width attributes :func:`refresh_attributes` derives from their weights."""
 
 _PER_HEAD_WORDS = ("dim", "size", "width")
+_WIDTH_WORDS = ("head", "dim", "size", "width", "channel", "feature", "hidden", "embed", "proj")
+"""Words naming the integer attributes that can hold a width or a head count (``num_heads``,
+``all_head_size``, ``attn_dim``, ``out_dim_projection``, ``embed_dim``)."""
+_NOT_WIDTHS = ("ratio", "patch")
+"""Words naming integer attributes that are never a width, whatever else the name says."""
 
 
 def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
@@ -67,14 +72,22 @@ def resize_attributes(module: nn.Module, sizes: Mapping[int, int], unchanged: Co
 
     ``unchanged`` are sizes of split factors that keep their size (the per-head width): where one equals a
     changed size (4 heads of width 4), attributes named like a width (``head_dim``, ``head_size``) keep it.
+    Only attributes named like a width or a head count are set (:func:`is_width_name`).
     """
     for name, value in int_attributes(module).items():
         new = sizes.get(value)
-        if new is None or new == value:
+        if new is None or new == value or not is_width_name(name):
             continue
         if value in unchanged and any(w in name for w in _PER_HEAD_WORDS):
             continue
         setattr(module, name, new)
+
+
+def is_width_name(name: str) -> bool:
+    """Whether an integer attribute's name says it can hold a width or a head count: LeViT's ``len_points``
+    (4 positions) and ``attention_ratio`` (2) are neither, even where they equal the old head count."""
+    name = name.lower()
+    return any(w in name for w in _WIDTH_WORDS) and not any(w in name for w in _NOT_WIDTHS)
 
 
 # ------------------------------------------------------------------------------------- model-level widths

@@ -73,12 +73,23 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
             groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
     for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
+        _clear_tensor_caches(module)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         resize_attributes(modules[name], sizes, unchanged)
     dims = None if every_view else trace.resized_views or {}
     reshapes.install(model, reshapes.stripped_views(T, trace.views, leaf_masks, dims))
     refresh_model_widths(model, dense_widths)
     return model
+
+
+def _clear_tensor_caches(module: nn.Module) -> None:
+    """Empty every dict of tensors a module keeps outside its parameters and buffers: a cache of tensors
+    derived from its dense parameters (timm's and transformers' LeViT keep their attention biases per
+    device in eval mode), which the forward fills again from the stripped ones."""
+    for name, value in vars(module).items():
+        if not name.startswith("_") and isinstance(value, dict) and value \
+                and all(isinstance(v, torch.Tensor) for v in value.values()):
+            value.clear()
 
 
 def _split_sizes(T: SpaceTable, leaf_masks: dict[int, torch.Tensor]) -> dict[str, tuple[dict[int, int], set[int]]]:
