@@ -26,9 +26,8 @@ from .surgery import shallow_copy, strip, zero_pruned
 from .trace import ModelTrace, call_model
 
 TOLERANCE = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-4, 1e-6)}
-"""(relative, absolute) tolerance of stripped against masked outputs, by dtype: the check runs in float64
-where the model does, so that a small but real difference (an attention scale computed from a width) is
-not lost in float32 rounding."""
+"""(relative, absolute) tolerance of stripped against masked outputs, by dtype (see
+:func:`exclude_unstrippable` for when the check runs in float64)."""
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
@@ -121,11 +120,14 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
     """Mark groups whose strip is not exact as unprunable, with the reason (bisects on failure; where only a
     combination fails, narrows it to a minimal failing set, so that groups that strip exactly stay).
 
-    Runs in float64 where ``model`` does: ``model`` (the analysis's own copy) is left in float64."""
+    With attention heads among the groups, runs in float64 where ``model`` does (``model``, the analysis's
+    own copy, is left so): a softmax over small logits hides a wrong scale in float32 rounding. Other models
+    are checked in their dtype (float64 convolutions on a CPU are several times slower)."""
     candidates = [g for g in groups if g.prunable]
     if not candidates:
         return
-    inputs = _in_float64(model, inputs)
+    if any(g.attention is not None for g in candidates):
+        inputs = _in_float64(model, inputs)
 
     head_units = 1
 
@@ -170,9 +172,10 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
     with _eval_mode(model):
         dense_widths = probe_widths(model)  # the dense model's, the same for every strip below
         search(candidates, difference(candidates))
-        # Again with two heads removed per attention module: where the embedding width and the head count
-        # shrink in proportion (a residual unit of one head's width), ``C // num_heads`` is right by chance.
+        # Where some code computes a size from widths, again with two heads removed per attention module:
+        # where the embedding width and the head count shrink in proportion (a residual unit of one head's
+        # width), ``C // num_heads`` is right by chance, in other modules of the same model too.
         head_units = 2
         rest = [g for g in candidates if g.prunable]
-        if any(g.attention is not None for g in rest):
+        if trace.resized_views and any(g.attention is not None for g in rest):
             search(rest, difference(rest))
