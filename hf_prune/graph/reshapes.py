@@ -21,13 +21,12 @@ sizes are part of the shape spec, so a reload installs the same hooks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import PrunedModelError
 from .spaces import Label, SpaceTable
 
 VIEW_FUNCTIONS = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape})
@@ -37,14 +36,19 @@ ATTR = "_hf_prune_reshapes"
 """Module attribute holding its resized calls: call key (:func:`_call_key`) → {dimension: stripped size}."""
 
 Resizes = dict[str, dict[int, int]]
-def _call_key(args: tuple, kwargs: dict, counts: dict[str, int]) -> str:
+
+
+def _call_key(args: tuple, kwargs: dict, counts: dict[str, int]) -> str | None:
     """The key of a view call among the calls of one module's forward: its signature (input dimensions >
-    requested dimensions) and how many calls with that signature came before, counted in ``counts``.
+    requested dimensions) and how many calls with that signature came before, counted in ``counts``
+    (None for a call without sizes, ``view(dtype)``).
     Signatures, not positions: a path taken only once (ConViT computes its relative indices on its first
     call only) then does not renumber the calls that resize; no frame inspection, so ``torch.compile``
     traces it."""
     found = _sizes(args, kwargs)
-    signature = f"{found[0].dim()}>{len(found[1])}" if found is not None else "other"
+    if found is None:
+        return None
+    signature = f"{found[0].dim()}>{len(found[1])}"
     counts[signature] = counts.get(signature, 0) + 1
     return f"{signature}#{counts[signature]}"
 
@@ -82,7 +86,7 @@ class ViewRecorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func in VIEW_FUNCTIONS and self.frames:
             keys = [_call_key(args, kwargs, counts) for _, counts in self.frames]
-            if isinstance(out, torch.Tensor):
+            if keys[-1] is not None and isinstance(out, torch.Tensor):
                 self.calls.append(ViewCall(self.frames[-1][0], keys[-1], tuple(out.shape), tuple(self.labels_of(out))))
         return out
 
@@ -167,14 +171,9 @@ class _Resize(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in VIEW_FUNCTIONS:
             key = _call_key(args, kwargs, self.counts)
-            dims = self.resizes.get(key)
+            dims = self.resizes.get(key) if key is not None else None
             if dims:
-                found = _sizes(args, kwargs)
-                if found is None or max(dims) >= len(found[1]):
-                    raise PrunedModelError(
-                        f"{type(self.module).__name__}: its view call {key} does not have the dimensions it had "
-                        f"when the model was stripped ({sorted(dims)}): its forward took another code path")
-                x, sizes = found
+                x, sizes = _sizes(args, kwargs)
                 new = [dims.get(d, n) for d, n in enumerate(sizes)]
                 wrong = {d for d, n in enumerate(sizes) if n != -1 and n != new[d]}  # the code's own size
                 if wrong:
