@@ -9,7 +9,6 @@ from typing import Any, Callable
 import pytest
 import timm
 import torch
-import transformers
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
@@ -40,8 +39,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {  # builder, image siz
     "hf_convnextv2": (lambda: ConvNextV2ForImageClassification(ConvNextV2Config(
         hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10)), 64),
 }
-RESHAPES_TO_INPUT_WIDTH = {"hf_clip"} if int(transformers.__version__.split(".")[0]) < 5 else set()
-"""transformers 4's CLIPAttention reshapes its output to its input's width: the strip check refuses the embedding."""
 VIT_FAMILY = {"test_vit", "test_vit_rmsnorm", "vit_tiny", "hf_vit", "hf_clip"}
 
 
@@ -97,9 +94,6 @@ def test_embedding_dimension_is_pruned_exactly(name):
     normalized = {r.module for r in ctrl.analysis.trace.norms}
     stem = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))  # patch embedding / stem
     group = next(g for g in ctrl.analysis.groups if stem in g.producers)
-    if name in RESHAPES_TO_INPUT_WIDTH:
-        assert not group.prunable and group.reasons[0].startswith("strip check: the stripped model fails")
-        return
     assert group.prunable, group.reasons
     assert {m.module for m in group.members} & normalized, "the embedding group has no norm member"
     for level in (0.3, 0.5):
