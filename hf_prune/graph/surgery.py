@@ -73,7 +73,7 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
             groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
     for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
-        _clear_tensor_caches(module)
+        clear_tensor_caches(module)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         resize_attributes(modules[name], sizes, unchanged)
     dims = None if every_view else trace.resized_views or {}
@@ -82,7 +82,7 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     return model
 
 
-def _clear_tensor_caches(module: nn.Module) -> None:
+def clear_tensor_caches(module: nn.Module) -> None:
     """Empty every dict of tensors a module keeps outside its parameters and buffers: a cache of tensors
     derived from its dense parameters (timm's and transformers' LeViT keep their attention biases per
     device in eval mode), which the forward fills again from the stripped ones."""

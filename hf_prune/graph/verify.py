@@ -22,7 +22,7 @@ from .adapters import Widths, probe_widths
 from .groups import PruningGroup
 from . import reshapes
 from .norms import install_norm_hooks, norm_masks
-from .surgery import shallow_copy, strip, zero_pruned
+from .surgery import clear_tensor_caches, shallow_copy, strip, zero_pruned
 from .trace import ModelTrace, call_model
 
 TOLERANCE = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-4, 1e-6)}
@@ -101,34 +101,46 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
     return None
 
 
-def _in_float64(model: nn.Module, inputs: Any) -> Any:
-    """Convert ``model`` to float64 in place and return ``inputs`` in float64, where the model runs so;
-    else leave it in its dtype and return ``inputs`` as they are."""
-    wide = tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, inputs)
+@contextmanager
+def _widened(model: nn.Module, inputs: Any, wide: bool) -> Iterator[Any]:
+    """With ``wide``, ``model`` in float64 and ``inputs`` in float64 (where the model runs so; else both as
+    they are) for the duration; ``model``'s dtypes are restored and its caches of tensors emptied after."""
     dtypes = {id(t): t.dtype for t in itertools.chain(model.parameters(), model.buffers())}
-    try:
-        with torch.no_grad(), _eval_mode(model):
-            call_model(model.double(), wide)
-        return wide
-    except Exception:  # noqa: BLE001 - an op or a cast without float64: checked in the model's own dtype
+
+    def restore() -> None:
         for t in itertools.chain(model.parameters(), model.buffers()):
             t.data = t.data.to(dtypes.get(id(t), t.dtype))
-        return inputs
+        for m in model.modules():
+            clear_tensor_caches(m)  # filled in float64 (LeViT's attention biases)
+
+    if not wide:
+        yield inputs
+        return
+    wide_inputs = tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
+                           inputs)
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            call_model(model.double(), wide_inputs)
+    except Exception:  # noqa: BLE001 - an op or a cast without float64: checked in the model's own dtype
+        restore()
+        yield inputs
+        return
+    try:
+        yield wide_inputs
+    finally:
+        restore()
 
 
 def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any) -> None:
     """Mark groups whose strip is not exact as unprunable, with the reason (bisects on failure; where only a
     combination fails, narrows it to a minimal failing set, so that groups that strip exactly stay).
 
-    With attention heads among the groups, runs in float64 where ``model`` does (``model``, the analysis's
-    own copy, is left so): a softmax over small logits hides a wrong scale in float32 rounding. Other models
-    are checked in their dtype (float64 convolutions on a CPU are several times slower)."""
+    With attention heads among the groups, runs in float64 where ``model`` does (its dtypes are restored
+    after): a softmax over small logits hides a wrong scale in float32 rounding. Other models are checked in
+    their dtype (float64 convolutions on a CPU are several times slower)."""
     candidates = [g for g in groups if g.prunable]
     if not candidates:
         return
-    if any(g.attention is not None for g in candidates):
-        inputs = _in_float64(model, inputs)
-
     head_units = 1
 
     def difference(subset: list[PruningGroup]) -> str | None:
@@ -169,7 +181,8 @@ def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[Pruni
             search(rest, difference(rest))
 
     trace.resized_views = {}
-    with _eval_mode(model):
+    wide = any(g.attention is not None for g in candidates)
+    with _widened(model, inputs, wide) as inputs, _eval_mode(model):
         dense_widths = probe_widths(model)  # the dense model's, the same for every strip below
         search(candidates, difference(candidates))
         # Where some code computes a size from widths, again with two heads removed per attention module:
