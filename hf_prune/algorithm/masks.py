@@ -2,10 +2,10 @@
 
 A pruned channel is silenced where it is *consumed*: the input-channel columns of the next conv/linear
 weights are multiplied by the mask for the duration of each forward call of the module that uses them (the
-layer itself, or the module whose code passes the layer's weight to ``F.linear``, as timm BEiT's attention). Everything between producer
-and consumer is per-channel, so a pruned channel then influences nothing: the model computes exactly
-what the stripped model will, and pruned filters receive zero gradient. Parameters stay the same
-objects with the same names, so ``state_dict``, optimizers, DDP and checkpoints are unaffected.
+layer itself, or the module whose code passes the layer's weight to ``F.linear``, as timm BEiT's attention).
+Everything between producer and consumer is per-channel, so a pruned channel then influences nothing: the
+model computes exactly what the stripped model will, and pruned filters receive zero gradient. Parameters
+stay the same objects with the same names, so ``state_dict``, optimizers, DDP and checkpoints are unaffected.
 
 A normalization whose statistics run over pruned channels (LayerNorm, RMSNorm, GRN) computes them over the
 kept channels only while masks are active (:mod:`hf_prune.graph.norms`), as its stripped self will.
