@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import PrunedModelError
 from ..model_kind import library_of
 from .config_widths import build, get_fields, replayed_spec, set_fields, stripped_fields
-from .surgery import resize_to_spec, shape_spec
+from .surgery import all_tensors, resize_to_spec, shape_spec
 
 __all__ = [
     "CONFIG_NAME", "FORMAT_VERSION", "dense_config", "dense_reference", "check_record", "is_timm_config", "listed",
@@ -117,7 +117,7 @@ def _make_record(model: nn.Module, pruning: dict[str, Any] | None,
     spec = shape_spec(model, dense)
     if not spec["shapes"]:
         return None, {}
-    dense_state = {**dense.state_dict(), **dict(dense.named_buffers(remove_duplicate=False))}
+    dense_state = all_tensors(dense)
     dense_shapes = {name: list(dense_state[name].shape) for name in spec["shapes"] if name in dense_state}
     try:
         resize_to_spec(dense, spec)
@@ -180,7 +180,7 @@ def _fitted_spec(model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
     spec, dense_shapes = record["shape_spec"], record.get("dense_shapes")
     if not isinstance(dense_shapes, dict):
         return spec
-    state = {**model.state_dict(), **dict(model.named_buffers(remove_duplicate=False))}
+    state = all_tensors(model)
     shapes = {}
     for name, shape in spec["shapes"].items():
         current, dense = state.get(name), dense_shapes.get(name)

@@ -65,27 +65,36 @@ class ViewCall:
     labels: tuple[Label, ...]
 
 
+FAST_PATHS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
+"""Modules that take a fused fast path only where no ``TorchFunctionMode`` is active: the recorder pauses
+while they run, so that the trace sees the path they take at inference."""
+
+
 class ViewRecorder(TorchFunctionMode):
-    """Records :class:`ViewCall` s while the tracer runs; ``labels_of`` gives a traced tensor's labels."""
+    """Records :class:`ViewCall` s while the tracer runs; ``labels_of`` gives a traced tensor's labels. The
+    tracer's module hooks call :meth:`enter` and :meth:`exit`."""
 
     def __init__(self, labels_of: Callable[[torch.Tensor], list[Label]]) -> None:
         super().__init__()
         self.labels_of = labels_of
-        self.frames: list[tuple[str, dict[str, int]]] = []  # (module, its calls per signature), innermost last
+        self.frames: list[tuple[str, dict[str, int], bool]] = []  # (module, its calls per signature, paused)
         self.calls: list[ViewCall] = []
 
-    def enter(self, module: str) -> None:
-        self.frames.append((module, {}))
+    def enter(self, name: str, module: nn.Module) -> None:
+        paused = isinstance(module, FAST_PATHS)
+        if paused:
+            self.__exit__(None, None, None)
+        self.frames.append((name, {}, paused))
 
     def exit(self) -> None:
-        if self.frames:
-            self.frames.pop()
+        if self.frames and self.frames.pop()[2]:
+            self.__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in VIEW_FUNCTIONS and self.frames:
-            keys = [_call_key(args, kwargs, counts) for _, counts in self.frames]
+            keys = [_call_key(args, kwargs, counts) for _, counts, _ in self.frames]
             if keys[-1] is not None and isinstance(out, torch.Tensor):
                 self.calls.append(ViewCall(self.frames[-1][0], keys[-1], tuple(out.shape), tuple(self.labels_of(out))))
         return out

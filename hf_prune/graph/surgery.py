@@ -73,7 +73,7 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
             groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
     for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
-        clear_tensor_caches(module)
+    clear_tensor_caches(model)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         resize_attributes(modules[name], sizes, unchanged)
     dims = None if every_view else trace.resized_views or {}
@@ -82,14 +82,15 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     return model
 
 
-def clear_tensor_caches(module: nn.Module) -> None:
-    """Empty every dict of tensors a module keeps outside its parameters and buffers: a cache of tensors
-    derived from its dense parameters (timm's and transformers' LeViT keep their attention biases per
-    device in eval mode), which the forward fills again from the stripped ones."""
-    for name, value in vars(module).items():
-        if not name.startswith("_") and isinstance(value, dict) and value \
-                and all(isinstance(v, torch.Tensor) for v in value.values()):
-            value.clear()
+def clear_tensor_caches(model: nn.Module) -> None:
+    """Empty every dict of tensors a module of ``model`` keeps outside its parameters and buffers: a cache of
+    tensors derived from its parameters (timm's and transformers' LeViT keep their attention biases per
+    device in eval mode), which the forward fills again from the current ones."""
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if not name.startswith("_") and isinstance(value, dict) and value \
+                    and all(isinstance(v, torch.Tensor) for v in value.values()):
+                value.clear()
 
 
 def _split_sizes(T: SpaceTable, leaf_masks: dict[int, torch.Tensor]) -> dict[str, tuple[dict[int, int], set[int]]]:
@@ -159,12 +160,17 @@ def shallow_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def tensors(model: nn.Module, reference: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict and its non-persistent buffers, by name."""
+    return {**model.state_dict(), **dict(model.named_buffers(remove_duplicate=False))}
+
+
+def _recorded_tensors(model: nn.Module, reference: nn.Module | None) -> dict[str, torch.Tensor]:
     """``model``'s state dict, and its non-persistent buffers that are narrower than ``reference``'s (sliced by
     a strip, as timm BEiT's zero key bias with the heads: a reload must narrow them too; a cache the forward
     fills, as ConViT's ``rel_indices``, is not)."""
     state = model.state_dict()
-    ref = dict(reference.named_buffers(remove_duplicate=False)) if reference is not None else {}
+    ref = all_tensors(reference) if reference is not None else {}
     for name, b in model.named_buffers(remove_duplicate=False):
         dense = ref.get(name)
         if name not in state and dense is not None and b.dim() == dense.dim() and b.shape != dense.shape \
@@ -181,10 +187,9 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     integer attribute of other modules that differs from it (``num_heads`` of a module whose heads were pruned,
     a timm model's ``num_features``) and the ``feature_info`` channels of each timm model that differ from it.
     """
-    ref = {**reference.state_dict(), **dict(reference.named_buffers(remove_duplicate=False))} \
-        if reference is not None else {}
+    ref = all_tensors(reference) if reference is not None else {}
     shapes = {
-        name: list(t.shape) for name, t in tensors(model, reference).items()
+        name: list(t.shape) for name, t in _recorded_tensors(model, reference).items()
         if name not in ref or tuple(ref[name].shape) != tuple(t.shape)
     }
     ref_modules = dict(reference.named_modules()) if reference is not None else {}

@@ -95,7 +95,7 @@ class ModelTrace:
     """Every ``view``/``reshape`` call, with its output's channel spaces (:mod:`.reshapes`)."""
     resized_views: dict[str, dict[str, set[int]]] | None = None
     """The view calls whose module's code computes a wrong size once stripped, with their channel dimensions
-    (found by the strip check; None: not checked, so every view that loses channels is resized)."""
+    (found by the strip check; None where it did not run: then no view is resized)."""
 
 
 _IDENTITY = {
@@ -116,9 +116,6 @@ _VIEW_LIKE = {
     aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten,
     aten.view_as, aten.reshape_as,
 }
-_FAST_PATHS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
-"""Modules that take a fused fast path only where no ``TorchFunctionMode`` is active: the trace pauses its
-view recorder while they run, so that it sees the path they take at inference."""
 _SPATIAL_OPS = {
     aten.max_pool1d: 1, aten.max_pool2d: 2, aten.max_pool3d: 3, aten.max_pool2d_with_indices: 2,
     aten.max_pool3d_with_indices: 3, aten.avg_pool1d: 1, aten.avg_pool2d: 2, aten.avg_pool3d: 3,
@@ -826,9 +823,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
     def pre(mod, args):
         name = names.get(mod, tracer.module)
         tracer.stack.append(name)
-        views.enter(name)
-        if isinstance(mod, _FAST_PATHS):
-            views.__exit__(None, None, None)  # paused: see _FAST_PATHS
+        views.enter(name, mod)
         if name in tracer.norms.kinds and args and isinstance(args[0], torch.Tensor):
             tracer.norms.enter(name, tracer.info(args[0]).labels)
 
@@ -836,8 +831,6 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         if len(tracer.stack) > 1:
             tracer.stack.pop()
         views.exit()
-        if isinstance(mod, _FAST_PATHS):
-            views.__enter__()
 
     for m in names:
         handles.append(m.register_forward_pre_hook(pre))

@@ -86,8 +86,8 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
             stripped = strip(shallow_copy(model), trace, masks, dense_widths, every_view=True)  # from the dense weights
             got = _outputs(call_model(stripped, inputs))
             for module, calls in reshapes.resized_dims(stripped).items():
-                for index, dims in calls.items():
-                    trace.resized_views.setdefault(module, {}).setdefault(index, set()).update(dims)
+                for key, dims in calls.items():
+                    trace.resized_views.setdefault(module, {}).setdefault(key, set()).update(dims)
     except Exception as e:  # noqa: BLE001 - the error becomes the group's stated reason
         return f"the stripped model fails: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     for a, b in zip(expected, got):
@@ -105,30 +105,23 @@ def _difference(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup],
 def _widened(model: nn.Module, inputs: Any, wide: bool) -> Iterator[Any]:
     """With ``wide``, ``model`` in float64 and ``inputs`` in float64 (where the model runs so; else both as
     they are) for the duration; ``model``'s dtypes are restored and its caches of tensors emptied after."""
-    dtypes = {id(t): t.dtype for t in itertools.chain(model.parameters(), model.buffers())}
-
-    def restore() -> None:
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            t.data = t.data.to(dtypes.get(id(t), t.dtype))
-        for m in model.modules():
-            clear_tensor_caches(m)  # filled in float64 (LeViT's attention biases)
-
     if not wide:
         yield inputs
         return
+    dtypes = {id(t): t.dtype for t in itertools.chain(model.parameters(), model.buffers())}
     wide_inputs = tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
                            inputs)
     try:
         with torch.no_grad(), _eval_mode(model):
             call_model(model.double(), wide_inputs)
     except Exception:  # noqa: BLE001 - an op or a cast without float64: checked in the model's own dtype
-        restore()
-        yield inputs
-        return
+        wide_inputs = None
     try:
-        yield wide_inputs
+        yield inputs if wide_inputs is None else wide_inputs
     finally:
-        restore()
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            t.data = t.data.to(dtypes.get(id(t), t.dtype))
+        clear_tensor_caches(model)  # filled in float64 (LeViT's attention biases)
 
 
 def exclude_unstrippable(model: nn.Module, trace: ModelTrace, groups: list[PruningGroup], inputs: Any) -> None:
