@@ -205,6 +205,10 @@ def run_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> R
         report.seconds = time.perf_counter() - start
         if recipe.outputs.report:
             files.update({f"report_{k}": v for k, v in _write_report_last(report, out).items()})
+    # Every process waits for the main one's products, then the process group is closed: a process that exits
+    # with its gloo threads still running can abort ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return RunResult(report, out, files)
 
 
