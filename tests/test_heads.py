@@ -63,7 +63,7 @@ def test_heads_are_pruned_exactly(name):
     assert sum(p.numel() for p in stripped.parameters()) == round(ctrl.current_params)
 
 
-@pytest.mark.parametrize("name", ["hf_dinov2", "hf_swin", "hf_beit", "timm_beit", "hf_levit"])
+@pytest.mark.parametrize("name", ["hf_dinov2", "hf_swin", "hf_beit", "timm_beit", "hf_levit", "hf_siglip"])
 def test_pruned_heads_reload(tmp_path: Path, name):
     model, inputs, logits = _randomized(name)
     ctrl = _controller(model, inputs)

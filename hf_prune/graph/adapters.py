@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..model_kind import library_of
+from . import multihead
 
 WIDTH_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-                nn.Embedding)
+                nn.Embedding, nn.MultiheadAttention)
 """Layers whose width attributes :func:`refresh_attributes` derives from their weights."""
 
 _PER_HEAD_WORDS = ("dim", "size", "width")
@@ -45,6 +46,8 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.MultiheadAttention):
+        multihead.refresh(module)
     elif isinstance(module, nn.Embedding):
         module.num_embeddings, module.embedding_dim = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):

@@ -75,7 +75,8 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
         refresh_attributes(module, groups.get(name))
     clear_tensor_caches(model)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
-        resize_attributes(modules[name], sizes, unchanged)
+        if not isinstance(modules[name], WIDTH_LAYERS):  # those follow their tensors (refreshed above)
+            resize_attributes(modules[name], sizes, unchanged)
     dims = None if every_view else trace.resized_views or {}
     reshapes.install(model, reshapes.stripped_views(T, trace.views, leaf_masks, dims))
     refresh_model_widths(model, dense_widths)

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
 from ..errors import AnalysisError
 from ..text import did_you_mean
+from . import multihead
 from .canonical import OP_VARIANTS, canonicalize
 from .norms import NormRecord, NormTracker
 from .reshapes import ViewCall, ViewRecorder
@@ -183,6 +184,9 @@ class _Tracer(TorchDispatchMode):
         self.head_labels: list[Label] = []
         self.norms = NormTracker.of(model)
         self.stack: list[str] = [""]
+        self.inside_one_op = 0  # > 0 while a module traced as one op runs (its own ops are not labelled)
+        self.consumed: set[int] = set()  # ids of the tensors some op took as an input
+        self.if_used: list[tuple[torch.Tensor, Label, str]] = []  # (tensor, label blocked if it is used, reason)
         self.last_op = ""
         self.failed_at: tuple[str, str] | None = None  # (module, op) of the first failing op
 
@@ -233,9 +237,21 @@ class _Tracer(TorchDispatchMode):
             for lab in self.info(t).labels:
                 self.table.block_label(lab, reason)
 
+    def block_if_used(self, t: torch.Tensor, label: Label, reason: str) -> None:
+        """Block ``label`` once the trace is over if an op used ``t`` or the model returned it."""
+        self.if_used.append((t, label, reason))
+
+    def finish_if_used(self, outputs: list[torch.Tensor]) -> None:
+        used = self.consumed | {id(o) for o in outputs}
+        for t, label, reason in self.if_used:
+            if id(t) in used:
+                self.table.block_label(label, reason)
+
     # ------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.inside_one_op:
+            return func(*args, **kwargs)
         packet = func.overloadpacket
         self.last_op = str(packet)  # "aten.convolution", "mylib.my_op"
         try:
@@ -246,6 +262,7 @@ class _Tracer(TorchDispatchMode):
         flat_args = tree_flatten((args, kwargs))[0]
         ins = _tensors(flat_args)
         outs = _tensors(tree_flatten(out)[0])
+        self.consumed.update(map(id, ins))
         if not outs:
             return out
         func, args, kwargs = canonicalize(func, args, kwargs)
@@ -832,8 +849,18 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
             tracer.stack.pop()
         views.exit()
 
+    def enter_one_op(mod, args):
+        tracer.inside_one_op += 1
+
+    def exit_one_op(mod, args, kwargs, output):
+        tracer.inside_one_op -= 1
+        multihead.channel_rule(tracer, tracer.module, mod, args, kwargs, output)
+
     for m in names:
         handles.append(m.register_forward_pre_hook(pre))
+        if multihead.traced_as_one_op(m):  # after ``pre``, before ``post``: the op runs in the module's name
+            handles.append(m.register_forward_pre_hook(enter_one_op))
+            handles.append(m.register_forward_hook(exit_one_op, with_kwargs=True))
         handles.append(m.register_forward_hook(post, always_call=True))
     was_training = model.training
     model.eval()
@@ -862,6 +889,7 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         if not outputs:
             raise AnalysisError(f"{type(model).__name__} returned no tensor on the example inputs")
         norms = tracer.norms.finish(tracer.table, tracer.param_labels, tracer.classes)
+        tracer.finish_if_used(outputs)
         for o in outputs:
             for lab in tracer.infos[id(o)].labels if id(o) in tracer.infos else []:
                 tracer.table.block_label(lab, "reaches the model output")
