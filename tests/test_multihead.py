@@ -3,6 +3,7 @@ with a reason where the strip cannot be exact."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -13,14 +14,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import VisionTransformer
 
 import hf_prune
-from hf_prune.graph.multihead import PrunedMultiheadAttention
+from hf_prune.graph.multihead import PrunedMultiheadAttention, PrunedTransformerEncoderLayer
 
 from conftest import randomize_norms
 
 
 def _as_pruned_class(mha: nn.MultiheadAttention) -> PrunedMultiheadAttention:
-    import copy
-
     twin = copy.deepcopy(mha)
     twin.__class__ = PrunedMultiheadAttention
     return twin
@@ -100,6 +99,20 @@ class _CrossWidths(nn.Module):
         return self.fc(self.attention(q, kv, kv, need_weights=False)[0].mean(0))
 
 
+class _Encoder(nn.Module):
+    """torch's own transformer layers (a fused kernel at inference), around nn.MultiheadAttention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.embed(x)).mean(1))
+
+
 def _small_torchvision_vit() -> nn.Module:
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
                              num_classes=10)
@@ -109,11 +122,13 @@ MODELS = {
     "torchvision_vit": (_small_torchvision_vit, lambda: torch.randn(2, 3, 32, 32)),
     "attention_pool": (_Pool, lambda: torch.randn(2, 6, 8)),
     "cross_widths": (_CrossWidths, lambda: torch.randn(2, 6, 8)),
+    "transformer_encoder": (_Encoder, lambda: torch.randn(2, 6, 8)),
 }
 
 
+@pytest.mark.parametrize("heads_level", [0.25, 0.5])
 @pytest.mark.parametrize("name", MODELS)
-def test_heads_and_widths_are_stripped_exactly(name):
+def test_heads_and_widths_are_stripped_exactly(name, heads_level):
     torch.manual_seed(0)
     build, inputs = MODELS[name]
     model, x = build().eval(), inputs()
@@ -127,8 +142,9 @@ def test_heads_and_widths_are_stripped_exactly(name):
     widths = [g for g in ctrl.groups.values() if g.attention is None]
     assert any(m.param.endswith("in_proj_weight") or m.param.endswith("_proj_weight")
                for g in widths for m in g.members if m.role == "in"), "the inputs of the attention are pruned"
-    # a quarter of the heads, half of every other width: torch's own forward could no longer compute it
-    ctrl.set_pruning_level({gid: 0.25 if g.attention else 0.5 for gid, g in ctrl.groups.items()})
+    # heads and the other widths pruned apart: torch's own forward (and fused kernel) could no longer compute it
+    widths_level = 0.75 - heads_level
+    ctrl.set_pruning_level({gid: heads_level if g.attention else widths_level for gid, g in ctrl.groups.items()})
     with torch.no_grad():
         masked = model(x)
         stripped = ctrl.strip_model(model, do_copy=True)
@@ -137,7 +153,8 @@ def test_heads_and_widths_are_stripped_exactly(name):
     for name_ in attention:
         m = stripped.get_submodule(name_)
         assert type(m) is PrunedMultiheadAttention and isinstance(m, nn.MultiheadAttention)
-        assert m.num_heads == 3 and m.num_heads * m.head_dim == m.out_proj.in_features
+        dense = model.get_submodule(name_)
+        assert m.num_heads == dense.num_heads * (1 - heads_level) and m.num_heads * m.head_dim == m.out_proj.in_features
     assert sum(p.numel() for p in stripped.parameters()) == round(ctrl.current_params)
     stripped.train()  # dropout 0: the training path computes the same
     torch.testing.assert_close(stripped(x), out)
@@ -150,9 +167,11 @@ def test_flops_are_what_torch_counts(name):
     build, inputs = MODELS[name]
     model, x = build().eval().requires_grad_(False), inputs()[:1]
     analysis = hf_prune.analyze_model(model, x, verify=False)
-    for n, m in list(model.named_modules()):
+    for m in model.modules():
         if type(m) is nn.MultiheadAttention:
             m.__class__ = PrunedMultiheadAttention
+        elif type(m) is nn.TransformerEncoderLayer:  # not its fused kernel, which torch does not count
+            m.__class__ = PrunedTransformerEncoderLayer
     # the math kernel: torch's counter has no formula for the CPU flash kernel, it counts the math one's matmuls
     with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(x)

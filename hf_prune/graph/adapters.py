@@ -34,8 +34,8 @@ _NOT_WIDTHS = ("ratio", "patch")
 
 
 def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
-    """Set a conv/linear/norm layer's width attributes (a norm's ``normalized_shape``) from its current
-    parameter shapes."""
+    """Set a conv/linear/norm/attention layer's width attributes (a norm's ``normalized_shape``) from its
+    current parameter shapes (``nn.MultiheadAttention`` and the torch layers around it: :func:`.multihead.refresh`)."""
     if isinstance(module, nn.modules.conv._ConvNd):
         if groups is not None:
             module.groups = groups
@@ -46,7 +46,7 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.MultiheadAttention):
+    elif isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)):
         multihead.refresh(module)
     elif isinstance(module, nn.Embedding):
         module.num_embeddings, module.embedding_dim = module.weight.shape

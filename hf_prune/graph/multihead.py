@@ -122,18 +122,45 @@ def _pad(mask: torch.Tensor | None) -> torch.Tensor | None:
     return F.pad(mask, (0, 1)) if mask is not None else None
 
 
-def refresh(module: nn.MultiheadAttention) -> None:
-    """Set ``embed_dim``, ``kdim``, ``vdim`` and ``num_heads`` from the module's tensors; one whose widths torch's
-    forward cannot compute (heads narrower than the query, output narrower or wider) becomes a
-    :class:`PrunedMultiheadAttention`."""
-    weights = _projections(module)
-    module.embed_dim = weights[0].shape[1]
-    module.kdim, module.vdim = (weights[-1].shape[1],) * 2 if module._qkv_same_embed_dim else (
-        weights[1].shape[1], weights[2].shape[1])
-    inner = module.out_proj.weight.shape[1]
-    module.num_heads = inner // module.head_dim
-    if type(module) is nn.MultiheadAttention and not (inner == module.embed_dim == module.out_proj.weight.shape[0]):
-        module.__class__ = PrunedMultiheadAttention
+class PrunedTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """An ``nn.TransformerEncoderLayer`` whose attention is a :class:`PrunedMultiheadAttention`: it always runs the
+    layer's unfused path (torch's fused kernel assumes one width for the query, the heads and the output)."""
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
+                src_key_padding_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+        return self.norm2(x + self._ff_block(x))
+
+
+def _torch_computes(module: nn.MultiheadAttention) -> bool:
+    """Whether torch's own forward computes ``module`` as its tensors are: one width for query, heads and output."""
+    return _projections(module)[0].shape[1] == module.out_proj.weight.shape[1] == module.out_proj.weight.shape[0]
+
+
+def refresh(module: nn.Module) -> None:
+    """After a strip or a reload's narrowing: an ``nn.MultiheadAttention``'s ``embed_dim``, ``kdim``, ``vdim`` and
+    ``num_heads`` set from its tensors, and where torch's forward cannot compute its widths it becomes a
+    :class:`PrunedMultiheadAttention`, an ``nn.TransformerEncoderLayer`` around it a
+    :class:`PrunedTransformerEncoderLayer`, and an ``nn.TransformerEncoder`` of such layers stops packing its
+    inputs into nested tensors (a path for the fused kernel only)."""
+    if isinstance(module, nn.MultiheadAttention):
+        weights = _projections(module)
+        module.embed_dim = weights[0].shape[1]
+        module.kdim, module.vdim = (module.embed_dim,) * 2 if module._qkv_same_embed_dim else (
+            weights[1].shape[1], weights[2].shape[1])
+        module.num_heads = module.out_proj.weight.shape[1] // module.head_dim
+        if type(module) is nn.MultiheadAttention and not _torch_computes(module):
+            module.__class__ = PrunedMultiheadAttention
+    elif type(module) is nn.TransformerEncoderLayer and not _torch_computes(module.self_attn):
+        module.__class__ = PrunedTransformerEncoderLayer
+    elif isinstance(module, nn.TransformerEncoder):
+        layers = [layer for layer in module.layers if isinstance(layer, nn.TransformerEncoderLayer)]
+        if not all(_torch_computes(layer.self_attn) for layer in layers):
+            module.use_nested_tensor = False
 
 
 # ------------------------------------------------------------------------------------------------ the trace

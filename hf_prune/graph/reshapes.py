@@ -81,7 +81,7 @@ class ViewRecorder(TorchFunctionMode):
         self.calls: list[ViewCall] = []
 
     def enter(self, name: str, module: nn.Module) -> None:
-        paused = isinstance(module, FAST_PATHS)
+        paused = isinstance(module, FAST_PATHS) and not any(frame[2] for frame in self.frames)  # not yet paused
         if paused:
             self.__exit__(None, None, None)
         self.frames.append((name, {}, paused))
