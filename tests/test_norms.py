@@ -18,6 +18,7 @@ from transformers import (
 
 import hf_prune
 from hf_prune.graph.norms import norm_kind
+from hf_prune.graph.surgery import resize_to_spec, shape_spec
 
 from conftest import randomize_norms
 from models import HF_MODELS
@@ -178,10 +179,30 @@ def test_statistics_outside_norm_modules_are_refused_with_the_reason():
     analysis = hf_prune.analyze_model(_FunctionalNorm().eval(), torch.randn(1, 8))
     assert any("normalized over by LayerNorm (aten.native_layer_norm in <model>)" in r
                for r in analysis.unprunable_layers["fc1"]), analysis.unprunable_layers
-    plain = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, elementwise_affine=False), nn.Linear(16, 4)).eval()
-    reasons = hf_prune.analyze_model(plain, torch.randn(1, 8)).unprunable_layers["0"]
-    assert any("normalized over by LayerNorm (aten.native_layer_norm in 1): a LayerNorm without weight" in r
-               for r in reasons), reasons
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm])
+def test_norms_without_weight_are_pruned_and_reload(norm):
+    """Their width is kept in ``normalized_shape`` only: the strip sets it, the shape spec records it."""
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 32), norm(32, elementwise_affine=False), nn.GELU(), nn.Linear(32, 4)).eval()
+
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(3, 8)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5}}, example_inputs=x[:1])
+    assert [g.producers for g in ctrl.groups.values()] == [["0"]]
+    ctrl.set_pruning_level(0.5)
+    with torch.no_grad():
+        masked = model(x)
+        stripped = ctrl.strip_model(model, do_copy=True)
+        torch.testing.assert_close(stripped(x), masked, rtol=1e-5, atol=1e-6)
+    assert stripped[1].normalized_shape == (16,)
+    spec = shape_spec(stripped, model)
+    assert spec["weightless_norms"] == {"1": 16}
+    fresh = resize_to_spec(build(), spec)  # a reload: the dense model narrowed, the stripped weights loaded
+    fresh.load_state_dict(stripped.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), masked, rtol=1e-5, atol=1e-6)
 
 
 def test_timm_attention_pool_keeps_the_width_reset_classifier_builds():

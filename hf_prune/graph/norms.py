@@ -9,8 +9,10 @@ channels): the trace records the module and the dimension of its input that hold
 same normalization computed over the kept channels only. The masked model then computes what the stripped
 model (whose norm simply has fewer channels) will; the strip proof (:mod:`.verify`) checks it.
 
-Statistics over channels computed anywhere else (a functional ``layer_norm`` in a larger module, a
-normalization without weight) keep blocking the space, with the reason.
+A LayerNorm or RMSNorm without weight (``elementwise_affine=False``) is recognized by its type, its channels
+being the dimension it normalizes; the strip sets its ``normalized_shape`` (:func:`refresh_weightless`).
+Statistics over channels computed anywhere else (a functional ``layer_norm`` in a larger module) keep blocking
+the space, with the reason.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def layer_norm(module: nn.Module, x: torch.Tensor, mask: torch.Tensor, dim: int)
 def rms_norm(module: nn.Module, x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     """RMSNorm over the kept channels of ``dim``."""
     y = x * torch.rsqrt(_mean(x * x, mask, dim) + _eps(module, x, 1e-6))
-    return y * _shaped(module.weight, y, dim)
+    w = _shaped(module.weight, y, dim)
+    return y * w if w is not None else y
 
 
 def global_response_norm(module: nn.Module, x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -77,19 +80,20 @@ _BY_NAME = (("globalresponsenorm", "GRN"), ("grn", "GRN"), ("rmsnorm", "RMSNorm"
 
 
 def norm_kind(module: nn.Module) -> str | None:
-    """The kind (a key of :data:`NORM_KINDS`) of a channel-normalization module with a ``weight``, else None.
+    """The kind (a key of :data:`NORM_KINDS`) of a channel-normalization module, else None.
 
-    The weight must be a parameter. ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
-    and ``nn.RMSNorm`` by type; others by class name (timm ``RmsNorm`` / ``RmsNorm2d`` / ``GlobalResponseNorm``,
-    transformers' ``*LayerNorm`` / ``*RMSNorm`` / ``*GRN``). A name that matches a class computing something
-    else (Gemma's ``1 + weight``) is caught by the strip proof and refused there.
+    ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
+    and ``nn.RMSNorm`` by type, with a weight parameter or none; others by class name and with a weight
+    parameter (timm ``RmsNorm`` / ``RmsNorm2d`` / ``GlobalResponseNorm``, transformers' ``*LayerNorm`` /
+    ``*RMSNorm`` / ``*GRN``). A name that matches a class computing something else (Gemma's ``1 + weight``) is
+    caught by the strip proof and refused there.
     """
-    if module._parameters.get("weight") is None:
-        return None
     if isinstance(module, nn.LayerNorm):
         return "LayerNorm"
     if isinstance(module, getattr(nn, "RMSNorm", ())):
         return "RMSNorm"
+    if module._parameters.get("weight") is None:
+        return None
     name = type(module).__name__.lower()
     if name.endswith(("fp32", "exp2d")):  # timm's float32 twins compute the same; Exp2d's channels-first path too
         name = name.removesuffix("fp32").removesuffix("exp2d")
@@ -112,20 +116,12 @@ class NormTracker:
     (:meth:`normalized`) and, once the trace is complete, accepted as a :class:`NormRecord` or blocked (:meth:`finish`)."""
 
     kinds: dict[str, str]
-    weightless: set[str] = field(default_factory=set)  # LayerNorms without weight
     inputs: dict[str, list[list[Label]]] = field(default_factory=dict)  # labels of each call's first input
     deferred: list[tuple[str, Label, str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, model: nn.Module) -> "NormTracker":
-        kinds, weightless = {}, set()
-        for name, m in model.named_modules():
-            kind = norm_kind(m)
-            if kind is not None:
-                kinds[name] = kind
-            elif isinstance(m, nn.LayerNorm):
-                weightless.add(name)
-        return cls(kinds, weightless)
+        return cls({name: kind for name, m in model.named_modules() if (kind := norm_kind(m)) is not None})
 
     def enter(self, module: str, labels: list[Label]) -> None:
         self.inputs.setdefault(module, []).append(labels)
@@ -135,21 +131,18 @@ class NormTracker:
         :meth:`finish`), else the space is blocked."""
         if module in self.kinds and label:
             self.deferred.append((module, label, reason))
-        elif module in self.weightless:
-            table.block_label(label, f"{reason}: a LayerNorm without weight (elementwise_affine=False) keeps its "
-                                     "width in no parameter, so its channels are not pruned")
         else:
             table.block_label(label, reason)
 
     def finish(self, table: SpaceTable, param_labels: dict[str, list[Label]],
                classes: dict[str, str]) -> list[NormRecord]:
-        """Records of the norms whose statistics run over their weight's channels, in one dimension of their
-        input; every other held-back statistic blocks its space now."""
+        """Records of the norms whose statistics run over their weight's channels (without weight: the channels
+        they normalize), in one dimension of their input; every other held-back statistic blocks its space now."""
         records: dict[str, NormRecord] = {}
         for module, label, reason in self.deferred:
             weight = param_labels.get(f"{module}.weight" if module else "weight")
             atoms = table.atoms(label)
-            channel = [lab for lab in weight or [] if lab]
+            channel = [lab for lab in weight if lab] if weight is not None else [label]
             if len(channel) != 1 or table.atoms(channel[0]) != atoms:
                 table.block_label(label, reason)
                 continue
@@ -223,3 +216,18 @@ def install_norm_hooks(model: nn.Module, masks: dict[str, tuple[NormRecord, torc
     for name, (record, mask) in masks.items():
         handles.append(model.get_submodule(name).register_forward_hook(NormMaskHook(record, mask).post))
     return handles
+
+
+def weightless_width(module: nn.Module | None) -> int | None:
+    """The width of a LayerNorm / RMSNorm without weight (kept in its ``normalized_shape`` only), else None."""
+    shape = getattr(module, "normalized_shape", None)
+    if module is None or module._parameters.get("weight") is not None or not isinstance(shape, tuple) \
+            or len(shape) != 1:
+        return None
+    return shape[0]
+
+
+def refresh_weightless(module: nn.Module, width: int) -> None:
+    """A LayerNorm / RMSNorm without weight normalizing over ``width`` channels now (its only record of them)."""
+    if weightless_width(module) is not None:
+        module.normalized_shape = (width,)

@@ -17,6 +17,7 @@ from .adapters import (
     refresh_model_widths, resize_attributes,
 )
 from . import reshapes
+from .norms import refresh_weightless, weightless_width
 from .spaces import SpaceTable
 from .standardization import standardized_preimage
 from .trace import ModelTrace
@@ -73,6 +74,8 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
             groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
     for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
+    for record in trace.norms:
+        refresh_weightless(modules[record.module], int(T.label_mask(record.label, leaf_masks).sum()))
     clear_tensor_caches(model)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         if not isinstance(modules[name], WIDTH_LAYERS):  # those follow their tensors (refreshed above)
@@ -199,6 +202,10 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
     spec = {"shapes": shapes, "conv_groups": groups}
     if reference is not None:
         spec["attributes"] = _changed_attributes(model, reference)
+        widths = {name: width for name, m in model.named_modules()
+                  if (width := weightless_width(m)) is not None and width != weightless_width(ref_modules.get(name))}
+        if widths:
+            spec["weightless_norms"] = widths
         dense_channels = feature_channels(reference)
         changed = {path: channels for path, channels in feature_channels(model).items()
                    if dense_channels.get(path, channels) != channels}
@@ -260,6 +267,12 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
         if module is None or attr not in int_attributes(module):
             raise KeyError(f"{key}: recorded in the shape spec but not an integer attribute of {type(model).__name__}")
         setattr(module, attr, value)
+    for name, width in spec.get("weightless_norms", {}).items():
+        module = _submodule(model, name)
+        if weightless_width(module) is None:
+            raise KeyError(f"{name}: recorded in the shape spec as a norm without weight, which {type(model).__name__} "
+                           "does not have")
+        refresh_weightless(module, int(width))
     for path, channels in spec.get("feature_channels", {}).items():
         entries = feature_info_list(modules[path]) if path in modules else []
         if len(entries) != len(channels):
