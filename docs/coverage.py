@@ -335,8 +335,9 @@ def _reload_cell(stripped: Any, inputs: Any, logits: Callable) -> str:
     return "yes" if same else "**no** (different outputs)"
 
 
-def _onnx_cell(stripped: Any) -> str:
-    """``yes`` if hf_prune.export_onnx exports the stripped model and ONNX Runtime agrees, else why not.
+def _onnx_cell(stripped: Any, inputs: Any) -> str:
+    """``yes`` if hf_prune.export_onnx exports the stripped model (given the row's inputs where they are more
+    than images) and ONNX Runtime agrees, else why not.
 
     In a row's process the export has :data:`ONNX_TIMEOUT` seconds (within the row's own limit): torch.export's
     symbolic shapes can take a very long time on models that pad to window multiples at every stage (DaViT).
@@ -349,7 +350,8 @@ def _onnx_cell(stripped: Any) -> str:
     signal.alarm(limit)
     with tempfile.TemporaryDirectory() as directory:
         try:
-            export_onnx(stripped, directory)
+            more = isinstance(inputs, dict) and set(inputs) != {"pixel_values"}
+            export_onnx(stripped, directory, example_inputs=inputs if more else None)
         except OverTime:
             if limit < ONNX_TIMEOUT:
                 raise  # the row's own limit
@@ -426,7 +428,7 @@ def measure(built: Built, library: str) -> list[str]:
     if library == "torchvision":
         reload = onnx = "n/a"  # hf_prune saves and exports timm and transformers models
     else:
-        reload, onnx = _reload_cell(stripped, inputs, logits), _onnx_cell(stripped)
+        reload, onnx = _reload_cell(stripped, inputs, logits), _onnx_cell(stripped, inputs)
     return cells + [exact, f"{kept:.2f}", reload, onnx]
 
 

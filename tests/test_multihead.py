@@ -73,6 +73,7 @@ class _Pool(nn.Module):
         super().__init__()
         self.embed = nn.Linear(8, width)
         self.probe = nn.Parameter(torch.randn(1, 1, width))
+        self.num_heads = heads  # as SigLIP-2's pool, which repeats its mask this many times
         self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm = nn.LayerNorm(width)
         self.fc = nn.Linear(width, classes)
@@ -155,6 +156,8 @@ def test_heads_and_widths_are_stripped_exactly(name, heads_level):
         assert type(m) is PrunedMultiheadAttention and isinstance(m, nn.MultiheadAttention)
         dense = model.get_submodule(name_)
         assert m.num_heads == dense.num_heads * (1 - heads_level) and m.num_heads * m.head_dim == m.out_proj.in_features
+        parent = stripped.get_submodule(name_.rpartition(".")[0])
+        assert getattr(parent, "num_heads", m.num_heads) == m.num_heads  # the pool's, torchvision's EncoderBlock's
     assert sum(p.numel() for p in stripped.parameters()) == round(ctrl.current_params)
     stripped.train()  # dropout 0: the training path computes the same
     torch.testing.assert_close(stripped(x), out)

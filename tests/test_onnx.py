@@ -4,6 +4,7 @@ stripped, transformers and timm, checked by ONNX Runtime."""
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -217,3 +218,46 @@ def test_clamps_of_one_input_export(tmp_path: Path) -> None:
     Runtime refused the model ("Node input 'mul_..._min_1' is not a graph input, initializer, or output")."""
     exports_like_pytorch(timm_model("gemma4_vit_167m_enc", img_size=48, embed_dim=32, depth=1, num_heads=2,
                                     head_dim=16, intermediate_size=64, position_embedding_size=16), tmp_path)
+
+
+def _siglip2() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """SigLIP-2 with its processor's inputs: 16 patches per image, the second image padded (4 × 3 patches)."""
+    from transformers import Siglip2Config, Siglip2ForImageClassification
+
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=4,
+                  num_patches=16)
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    model = Siglip2ForImageClassification(Siglip2Config(vision_config=vision, text_config=text, num_labels=3)).eval()
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 12:] = 0
+    inputs = {"pixel_values": torch.randn(2, 16, 3 * 4 * 4), "pixel_attention_mask": mask,
+              "spatial_shapes": torch.tensor([[4, 4], [4, 3]])}
+    return model, inputs
+
+
+@pytest.mark.skipif(int(importlib.metadata.version("transformers").split(".")[0]) < 5,
+                    reason="transformers 4's SigLIP-2 interpolates its position embeddings to sizes read from the "
+                           "values of spatial_shapes, which torch.export cannot trace")
+def test_a_model_taking_more_than_images_exports_for_its_inputs(tmp_path: Path) -> None:
+    """SigLIP-2 takes patches, their mask and the patch grid: exported for the inputs it is given (each with a
+    dynamic batch). Traced on an unpadded image, its attention pool's heads are pruned; the pool repeats a
+    padded batch's mask once per head, its own ``num_heads`` times (which failed the export before it followed)."""
+    import hf_prune
+
+    model, inputs = _siglip2()
+    unpadded = {k: v[:1] for k, v in inputs.items()}
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5, "channel_multiple": 1}},
+                                              example_inputs=unpadded)
+    ctrl.set_pruning_level(0.5)
+    small = ctrl.strip_model(model, do_copy=True)
+    # transformers 4 passes the pool an all-ones mask, one matrix per head: its heads are then kept
+    pool = next(g for g in ctrl.analysis.groups if g.attention == "vision_model.head.attention")
+    assert small.vision_model.head.attention.num_heads == small.vision_model.head.num_heads == (2 if pool.prunable else 4)
+    with torch.no_grad():  # the padded batch too
+        torch.testing.assert_close(small(**inputs).logits, model(**inputs).logits, rtol=1e-4, atol=1e-5)
+    path = export_onnx(small, tmp_path, example_inputs=inputs)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(inputs)
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0],
+                                   small(**inputs).logits.numpy(), rtol=1e-4, atol=1e-4)

@@ -163,6 +163,25 @@ def refresh(module: nn.Module) -> None:
             module.use_nested_tensor = False
 
 
+def head_counts(modules: dict[str, nn.Module]) -> dict[str, int]:
+    """``num_heads`` of every ``nn.MultiheadAttention`` among ``modules`` (by name)."""
+    return {name: m.num_heads for name, m in modules.items() if isinstance(m, nn.MultiheadAttention)}
+
+
+def follow_head_counts(modules: dict[str, nn.Module], before: dict[str, int]) -> None:
+    """The parent of each ``nn.MultiheadAttention`` whose head count changed from ``before``: its integer attributes
+    named like a head count holding the old count take the new one (SigLIP-2's attention pool repeats its mask
+    ``num_heads`` times for its ``nn.MultiheadAttention``)."""
+    for name, old in before.items():
+        new = modules[name].num_heads
+        parent = modules.get(name.rpartition(".")[0]) if name else None
+        if new == old or parent is None:
+            continue
+        for attr, value in vars(parent).items():
+            if "head" in attr and type(value) is int and value == old:
+                setattr(parent, attr, new)
+
+
 # ------------------------------------------------------------------------------------------------ the trace
 def channel_rule(tracer: _Tracer, name: str, module: nn.MultiheadAttention, args: tuple, kwargs: dict,
                  output: Any) -> None:

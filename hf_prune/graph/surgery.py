@@ -16,7 +16,7 @@ from .adapters import (
     WIDTH_LAYERS, Widths, feature_channels, feature_info_list, int_attributes, probe_widths, refresh_attributes,
     refresh_model_widths, resize_attributes,
 )
-from . import reshapes
+from . import multihead, reshapes
 from .norms import refresh_weightless, weightless_width
 from .spaces import SpaceTable
 from .standardization import standardized_preimage
@@ -72,8 +72,10 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     for conv in trace.convs:
         if conv.groups_label is not None and conv.weight is not None:
             groups[conv.weight.rpartition(".")[0]] = int(T.label_mask(conv.groups_label, leaf_masks).sum())
+    heads = multihead.head_counts(modules)
     for name, module in modules.items():
         refresh_attributes(module, groups.get(name))
+    multihead.follow_head_counts(modules, heads)
     for record in trace.norms:
         refresh_weightless(modules[record.module], int(T.label_mask(record.label, leaf_masks).sum()))
     clear_tensor_caches(model)

@@ -1,7 +1,9 @@
 """ONNX export, checked against PyTorch with ONNX Runtime.
 
 Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` with a dynamic batch
-axis, and dynamic height and width where the model allows, the class logits as first output):
+axis, and dynamic height and width where the model allows, the class logits as first output; a model that
+takes other inputs, SigLIP-2's patches with their mask and shapes or ImageGPT's ``input_ids``, is exported
+for the ``example_inputs`` it is given, each with a dynamic batch axis, through torch.onnx):
 
 - Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed and knows the
   model's architecture (transformers model types it has no ONNX config for, and timm models whose output is
@@ -21,13 +23,14 @@ Optimum, onnxscript and ONNX Runtime are imported on first export: they take sec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -40,7 +43,7 @@ from ..errors import HfPruneError
 from ..graph.record import model_library
 from ..graph.surgery import shallow_copy
 from ..model_kind import input_size, random_images
-from .serialization import ensure_stripped, from_pretrained, logits
+from .serialization import class_scores, ensure_stripped, from_pretrained, logits
 
 __all__ = ["OnnxExportError", "check_onnx", "export_onnx", "exporter"]
 
@@ -63,26 +66,29 @@ def _exportable(model: nn.Module) -> nn.Module:
 
 def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: str | os.PathLike[str], *,
                 controller: FilterPruningController | None = None, opset: int | None = None,
-                task: str = "image-classification", rtol: float = 1e-4, atol: float = 1e-4) -> Path:
+                task: str = "image-classification", example_inputs: Mapping[str, torch.Tensor] | None = None,
+                rtol: float = 1e-4, atol: float = 1e-4) -> Path:
     """Export a transformers or timm model (or a directory :func:`~hf_prune.from_pretrained` reads) to
     ``output_dir/model.onnx`` (Optimum's exporter where installed and it knows the architecture, else
     torch.onnx), then check ONNX Runtime against PyTorch.
 
-    A model whose masks are still active is stripped first (a copy; ``controller`` required). Raises
-    :class:`OnnxExportError` when the outputs differ beyond ``rtol``/``atol`` (see :func:`check_onnx`).
-    Returns the path of the ONNX file.
+    ``example_inputs``: the keyword inputs of a transformers model that takes more than ``pixel_values``
+    images (its processor's output, e.g. ``{"pixel_values", "pixel_attention_mask", "spatial_shapes"}``); the
+    ONNX model takes them by these names, each with a dynamic batch axis. A model whose masks are still active
+    is stripped first (a copy; ``controller`` required). Raises :class:`OnnxExportError` when the outputs differ
+    beyond ``rtol``/``atol`` (see :func:`check_onnx`). Returns the path of the ONNX file.
     """
     if isinstance(model_or_dir, (str, os.PathLike)):
         model = from_pretrained(model_or_dir)
     else:
         model = ensure_stripped(model_or_dir, controller, "export")
     output = Path(output_dir)
-    if exporter() == "optimum" and _optimum_exports(model, task):
+    if example_inputs is None and exporter() == "optimum" and _optimum_exports(model, task):
         _export_optimum(model, output, task, opset)
     else:
-        _export_torch(model, output, opset)
+        _export_torch(model, output, opset, example_inputs)
     path = output / ONNX_NAME
-    check_onnx(model, path, rtol=rtol, atol=atol)
+    check_onnx(model, path, example_inputs=example_inputs, rtol=rtol, atol=atol)
     return path
 
 
@@ -153,14 +159,29 @@ def _give_image_processor(model: nn.Module, directory: str) -> None:
 
 
 class _Logits(nn.Module):
-    """``pixel_values`` → class logits, for transformers and timm models alike."""
+    """``pixel_values`` (or the named inputs, in order) → class logits, for transformers and timm models alike."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, names: list[str] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.names = names
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return logits(self.model, pixel_values)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.names is None:
+            return logits(self.model, inputs[0])
+        return class_scores(self.model(**dict(zip(self.names, inputs))))
+
+
+def _batch_of(inputs: Mapping[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """``inputs`` (a batch) repeated to ``size`` rows, floating-point values made different per row."""
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for name, t in inputs.items():
+        rows = t.repeat(-(-size // len(t)), *([1] * (t.dim() - 1)))[:size]
+        if rows.is_floating_point():
+            rows = rows + 0.1 * torch.randn(rows.shape, generator=generator, dtype=rows.dtype)
+        out[name] = rows
+    return out
 
 
 def _four_dim_attention(func: Callable[..., torch.Tensor], query: torch.Tensor, key: torch.Tensor,
@@ -218,24 +239,31 @@ _REWRITES: dict[Callable[..., Any], Callable[..., torch.Tensor]] = {
 }
 
 
-def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
+def _export_torch(model: nn.Module, output: Path, opset: int | None,
+                  example_inputs: Mapping[str, torch.Tensor] | None = None) -> None:
     if importlib.util.find_spec("onnxscript") is None:
         raise OnnxExportError("ONNX export needs onnxscript (torch.onnx's exporter) or Optimum: "
                               "pip install 'hf_prune[onnx]' or 'hf_prune[optimum]'")
     output.mkdir(parents=True, exist_ok=True)
-    example = random_images(model, 2)
     auto = torch.export.Dim.AUTO
-    # dynamic batch, height and width where the model allows; a model whose shapes torch.export cannot
-    # solve for a symbolic height and width (MobileViTV2's unfolding) is exported for its own size
-    for dims in ({0: auto, 2: auto, 3: auto}, {0: auto}):
+    if example_inputs is None:
+        names, example = ["pixel_values"], (random_images(model, 2),)
+        # dynamic batch, height and width where the model allows; a model whose shapes torch.export cannot
+        # solve for a symbolic height and width (MobileViTV2's unfolding) is exported for its own size
+        choices = [{"pixel_values": {0: auto, 2: auto, 3: auto}}, {"pixel_values": {0: auto}}]
+    else:
+        names, example = list(example_inputs), tuple(_batch_of(example_inputs, 2).values())
+        choices = [{name: {0: auto} for name in names}]
+    wrapper = _Logits(_exportable(model), None if example_inputs is None else names)
+    for dims in choices:
         try:
-            with torch.no_grad(), warnings.catch_warnings(), _Translatable():
+            with torch.no_grad(), warnings.catch_warnings(), _Translatable(), _without_runtime_checks():
                 warnings.simplefilter("ignore")
                 for optimize in (True, False):
-                    program = torch.onnx.export(_Logits(_exportable(model)), (example,), dynamo=True,
-                                                opset_version=opset, input_names=["pixel_values"],
-                                                output_names=["logits"], dynamic_shapes={"pixel_values": dims},
-                                                optimize=optimize, verbose=False)
+                    program = torch.onnx.export(wrapper, example, dynamo=True, opset_version=opset,
+                                                input_names=names, output_names=["logits"],
+                                                dynamic_shapes={"inputs": tuple(dims.values())}, optimize=optimize,
+                                                verbose=False)
                     if not _unregistered_inputs(program.model.graph):
                         break
             program.save(str(output / ONNX_NAME))
@@ -243,6 +271,24 @@ def _export_torch(model: nn.Module, output: Path, opset: int | None) -> None:
         except Exception as exc:  # torch.export and onnxscript raise many error types
             error = exc
     raise OnnxExportError(f"torch.onnx could not export {type(model).__name__} to {output}: {error}") from error
+
+
+@contextlib.contextmanager
+def _without_runtime_checks() -> Iterator[None]:
+    """transformers' own switch for its ``torch._check`` assertions on input values (SigLIP-2's patch grid
+    sizes), which torch.onnx cannot translate (``aten._is_all_true``) and ONNX cannot express."""
+    saved = os.environ.get(_NO_CHECKS)
+    os.environ[_NO_CHECKS] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[_NO_CHECKS]
+        else:
+            os.environ[_NO_CHECKS] = saved
+
+
+_NO_CHECKS = "TRANSFORMERS_DISABLE_TORCH_CHECK"
 
 
 def _unregistered_inputs(graph: Any) -> list[str]:
@@ -261,18 +307,28 @@ def _unregistered_inputs(graph: Any) -> list[str]:
 
 @torch.no_grad()
 def check_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], *, batch_size: int = CHECK_BATCH,
-               rtol: float = 1e-4, atol: float = 1e-4) -> float:
-    """Run ``onnx_path`` in ONNX Runtime and ``model`` in PyTorch on one random batch; return the largest
-    absolute difference of the logits, or raise :class:`OnnxExportError` if they differ by more than
-    ``atol`` × (largest PyTorch logit, at least 1) + ``rtol`` × |logit|."""
-    pixel_values = random_images(model, batch_size)
+               example_inputs: Mapping[str, torch.Tensor] | None = None, rtol: float = 1e-4,
+               atol: float = 1e-4) -> float:
+    """Run ``onnx_path`` in ONNX Runtime and ``model`` in PyTorch on one random batch (of images, or of
+    ``example_inputs``' rows); return the largest absolute difference of the logits, or raise
+    :class:`OnnxExportError` if they differ by more than ``atol`` × (largest PyTorch logit, at least 1) +
+    ``rtol`` × |logit|."""
     was_training = model.training
-    expected = logits(model.eval(), pixel_values).numpy()
+    model.eval()
+    if example_inputs is None:
+        batch = {"pixel_values": random_images(model, batch_size)}
+        expected = logits(model, batch["pixel_values"]).numpy()
+    else:
+        batch = _batch_of(example_inputs, batch_size)
+        expected = class_scores(model(**batch)).numpy()
     model.train(was_training)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run(None, {session.get_inputs()[0].name: pixel_values.numpy()})[0]
+    names = [i.name for i in session.get_inputs()]  # Optimum's and torch.onnx's image input names differ
+    feed = {names[0]: batch["pixel_values"].numpy()} if example_inputs is None else \
+        {name: batch[name].numpy() for name in names}
+    actual = session.run(None, feed)[0]
     if actual.shape != expected.shape:
         raise OnnxExportError(f"{onnx_path}: ONNX Runtime returned logits of shape {actual.shape}, "
                               f"PyTorch {expected.shape}")

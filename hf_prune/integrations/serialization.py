@@ -35,8 +35,12 @@ def logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """``model``'s class logits for a batch of images."""
     if model_library(model) == "timm":
         return model(pixel_values)
-    output = model(pixel_values=pixel_values)
-    return output.logits if "logits" in output else output.last_hidden_state  # PP-LCNet returns its class scores so
+    return class_scores(model(pixel_values=pixel_values))
+
+
+def class_scores(output: Any) -> torch.Tensor:
+    """The class scores of a transformers model's output: ``logits`` (PP-LCNet returns them as ``last_hidden_state``)."""
+    return output.logits if "logits" in output else output.last_hidden_state
 
 
 def ensure_stripped(model: nn.Module, controller: FilterPruningController | None, action: str) -> nn.Module:
