@@ -13,7 +13,8 @@ from torch import nn
 
 import hf_prune
 from hf_prune.graph.adapters import int_attributes
-from hf_prune.graph.reshapes import ATTR as RESIZED
+from hf_prune.graph.reshapes import ATTR as RESIZED, SCALARS as PINNED
+from hf_prune.graph.surgery import resize_to_spec, shape_spec
 from hf_prune.integrations.serialization import from_pretrained, save_pretrained
 
 from conftest import randomize_norms
@@ -86,6 +87,36 @@ def test_only_modules_whose_code_asks_for_a_wrong_size_are_resized():
         ctrl.set_pruning_level(0.5)
         stripped = ctrl.strip_model(model, do_copy=True)
         assert {n for n, m in stripped.named_modules() if getattr(m, RESIZED, None)} == expected, name
+        assert not any(getattr(m, PINNED, None) for m in stripped.modules()), name  # their numbers are right
+
+
+def test_a_number_computed_from_a_width_keeps_its_dense_value():
+    """torchvision's Swin scales its queries by ``(C // num_heads) ** -0.5``, ``C`` its input's width: with heads
+    removed the code computes another number, which the stripped module replaces by the dense one (refused by
+    the strip check before); the shape spec carries it to a reload."""
+    from torchvision.models import SwinTransformer
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[1, 1], num_heads=[2, 4], window_size=[4, 4],
+                               num_classes=10).eval()
+
+    model, x = build(), torch.randn(2, 3, 32, 32)
+    randomize_norms(model)
+    ctrl = _controller(model, x)
+    heads = _head_groups(ctrl)
+    assert {g.attention for g in heads.values()} == {"features.1.0.attn", "features.3.0.attn"}
+    ctrl.set_pruning_level({gid: 0.5 for gid in heads})
+    with torch.no_grad():
+        masked = model(x)
+        stripped = ctrl.strip_model(model, do_copy=True)
+        torch.testing.assert_close(stripped(x), masked, rtol=1e-5, atol=1e-5)
+    spec = shape_spec(stripped, build())
+    assert set(spec["scalars"]) == {"features.1.0.attn", "features.3.0.attn"}
+    fresh = resize_to_spec(build(), spec)
+    fresh.load_state_dict(stripped.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), masked, rtol=1e-5, atol=1e-5)
 
 
 def test_a_resized_model_compiles_without_graph_breaks():

@@ -1,4 +1,4 @@
-"""Reshape sizes that a stripped module's code would still compute from its dense widths.
+"""Reshape sizes and numbers that a stripped module's code would still compute from its dense widths.
 
 Many attention implementations merge their heads with ``x.transpose(1, 2).reshape(B, N, C)``, ``C`` taken
 from the *input's* width, or split them with ``reshape(B, N, 3, self.num_heads, C // self.num_heads)``. After
@@ -16,10 +16,17 @@ A module gets the hook only where its own code computes a wrong size: the strip 
 (:mod:`.verify`) runs the stripped model with every view call resized and keeps the calls whose sizes
 were actually changed (:attr:`~.trace.ModelTrace.resized_views`); the others run without any mode. The
 sizes are part of the shape spec, so a reload installs the same hooks.
+
+Numbers alike: a module may compute a Python number from a width (torchvision's Swin scales its queries by
+``(C // num_heads) ** -0.5``, ``C`` the input's width), which a masked model computes at the dense width. The
+trace records every call of a tensor and a number (:class:`ScalarCall`, keyed like views); the strip check
+pins every one to its dense value and keeps those the code computed otherwise, and only these are pinned in
+the stripped model (``shape_spec.scalars``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -32,8 +39,20 @@ from .spaces import Label, SpaceTable
 VIEW_FUNCTIONS = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape})
 """The Python-level calls whose sizes are recorded and, in a stripped module, resized."""
 
+SCALAR_FUNCTIONS = {
+    **dict.fromkeys((torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__imul__, torch.Tensor.mul,
+                     torch.Tensor.mul_, torch.mul), "mul"),
+    **dict.fromkeys((torch.Tensor.__truediv__, torch.Tensor.__itruediv__, torch.Tensor.div, torch.Tensor.div_,
+                     torch.div), "div"),
+}
+"""The Python-level calls of a tensor and a Python number whose number is recorded and, in a stripped module,
+pinned to the dense model's where its code computes another (torchvision's Swin scales its queries by
+``(C // num_heads) ** -0.5``, ``C`` the input's width), by the op's name."""
+
 ATTR = "_hf_prune_reshapes"
 """Module attribute holding its resized calls: call key (:func:`_call_key`) → {dimension: stripped size}."""
+SCALARS = "_hf_prune_scalars"
+"""Module attribute holding its pinned numbers: call key (:func:`_scalar_key`) → the dense model's number."""
 
 Resizes = dict[str, dict[int, int]]
 
@@ -51,6 +70,32 @@ def _call_key(args: tuple, kwargs: dict, counts: dict[str, int]) -> str | None:
     signature = f"{found[0].dim()}>{len(found[1])}"
     counts[signature] = counts.get(signature, 0) + 1
     return f"{signature}#{counts[signature]}"
+
+
+def _scalar(args: tuple) -> int | None:
+    """The position of the Python number in a call of a tensor and a number, or None."""
+    if len(args) != 2:
+        return None
+    for i in (0, 1):
+        if type(args[i]) in (int, float) and isinstance(args[1 - i], torch.Tensor):
+            return i
+    return None
+
+
+def _scalar_key(func: Any, counts: dict[str, int]) -> str:
+    """The key of a number's call among one module's (counted in ``counts``): its op and occurrence."""
+    op = SCALAR_FUNCTIONS[func]
+    counts[op] = counts.get(op, 0) + 1
+    return f"{op}#{counts[op]}"
+
+
+@dataclass(frozen=True)
+class ScalarCall:
+    """One traced call of a tensor and a Python number: the innermost module running it, its key, the number."""
+
+    module: str
+    key: str
+    value: float
 
 
 @dataclass(frozen=True)
@@ -79,6 +124,7 @@ class ViewRecorder(TorchFunctionMode):
         self.labels_of = labels_of
         self.frames: list[tuple[str, dict[str, int], bool]] = []  # (module, its calls per signature, paused)
         self.calls: list[ViewCall] = []
+        self.scalars: list[ScalarCall] = []
 
     def enter(self, name: str, module: nn.Module) -> None:
         paused = isinstance(module, FAST_PATHS) and not any(frame[2] for frame in self.frames)  # not yet paused
@@ -97,6 +143,9 @@ class ViewRecorder(TorchFunctionMode):
             keys = [_call_key(args, kwargs, counts) for _, counts, _ in self.frames]
             if keys[-1] is not None and isinstance(out, torch.Tensor):
                 self.calls.append(ViewCall(self.frames[-1][0], keys[-1], tuple(out.shape), tuple(self.labels_of(out))))
+        elif func in SCALAR_FUNCTIONS and self.frames and not kwargs and (i := _scalar(args)) is not None:
+            keys = [_scalar_key(func, counts) for _, counts, _ in self.frames]
+            self.scalars.append(ScalarCall(self.frames[-1][0], keys[-1], args[i]))
         return out
 
 
@@ -118,30 +167,52 @@ def stripped_views(table: SpaceTable, calls: list[ViewCall], leaf_masks: dict[in
     return out
 
 
+def pinned_scalars(calls: list[ScalarCall], keys: ChannelDims | None = None) -> dict[str, dict[str, float]]:
+    """Per module: the dense numbers of the calls named in ``keys`` (where None: of every call, for the strip
+    check)."""
+    out: dict[str, dict[str, float]] = {}
+    for call in calls:
+        if keys is None or call.key in keys.get(call.module, {}):
+            out.setdefault(call.module, {})[call.key] = call.value
+    return out
+
+
 def resized_dims(stripped: nn.Module) -> ChannelDims:
-    """The dimensions of view calls whose module's code asked for another size than the stripped one, in
-    ``stripped`` (every view resized, run on the traced inputs)."""
+    """The dimensions of view calls whose module's code asked for another size than the stripped one, and the
+    number calls (no dimensions) whose code computed another number than the dense model's, in ``stripped``
+    (every view resized and every number pinned, run on the traced inputs)."""
     return {path: m._hf_prune_wrong for path, m in stripped.named_modules() if getattr(m, "_hf_prune_wrong", None)}
 
 
-def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, int]]]) -> None:
-    """Hook each module named in ``resizes`` (dimensions may be JSON strings) so its forward runs its
-    reshapes at the stripped sizes; merges with the sizes of an earlier strip."""
-    for path, calls in resizes.items():
-        module = model.get_submodule(path)
-        current: Resizes = getattr(module, ATTR, None) or {}
-        for key, dims in calls.items():
-            current.setdefault(key, {}).update({int(d): int(n) for d, n in dims.items()})
-        if getattr(module, ATTR, None) is None:
-            module.register_forward_pre_hook(_enter)
-            module.register_forward_hook(_exit, always_call=True)
-        setattr(module, ATTR, current)
+def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, int]]],
+            scalars: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Hook each module named in ``resizes`` (dimensions may be JSON strings) or ``scalars`` so its forward runs
+    its reshapes at the stripped sizes and its numbers at the dense values; merges with an earlier strip's."""
+    for attr, entries in ((ATTR, resizes), (SCALARS, scalars or {})):
+        for path, calls in entries.items():
+            module = model.get_submodule(path)
+            current = getattr(module, attr, None) or {}
+            for key, value in calls.items():
+                if attr == ATTR:
+                    current.setdefault(key, {}).update({int(d): int(n) for d, n in value.items()})
+                else:
+                    current[key] = value
+            if getattr(module, ATTR, None) is None and getattr(module, SCALARS, None) is None:
+                module.register_forward_pre_hook(_enter)
+                module.register_forward_hook(_exit, always_call=True)
+            setattr(module, attr, current)
 
 
 def installed(model: nn.Module) -> dict[str, dict[str, dict[str, int]]]:
     """The resized calls of every module of ``model``, JSON-ready (for the shape spec)."""
     return {path: {key: {str(d): n for d, n in dims.items()} for key, dims in sorted(getattr(m, ATTR).items())}
             for path, m in model.named_modules() if getattr(m, ATTR, None)}
+
+
+def installed_scalars(model: nn.Module) -> dict[str, dict[str, float]]:
+    """The pinned numbers of every module of ``model``, JSON-ready (for the shape spec)."""
+    return {path: dict(sorted(getattr(m, SCALARS).items())) for path, m in model.named_modules()
+            if getattr(m, SCALARS, None)}
 
 
 def _enter(module: nn.Module, args: Any) -> None:
@@ -173,11 +244,19 @@ class _Resize(TorchFunctionMode):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
-        self.resizes: Resizes = getattr(module, ATTR)
+        self.resizes: Resizes = getattr(module, ATTR, None) or {}
+        self.scalars: dict[str, float] = getattr(module, SCALARS, None) or {}
         self.counts: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in SCALAR_FUNCTIONS and not kwargs and (i := _scalar(args)) is not None:
+            key = _scalar_key(func, self.counts)
+            dense = self.scalars.get(key)
+            if dense is not None and not math.isclose(args[i], dense, rel_tol=1e-9):  # the code's own number
+                self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set())
+                args = (dense, args[1]) if i == 0 else (args[0], dense)
+            return func(*args)
         if func in VIEW_FUNCTIONS:
             key = _call_key(args, kwargs, self.counts)
             dims = self.resizes.get(key) if key is not None else None

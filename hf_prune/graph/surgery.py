@@ -48,7 +48,7 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     ``dense_widths``: :func:`.adapters.probe_widths` of ``model`` as it is now, where the caller has it
     (probed here otherwise). Reshapes whose code computes dense sizes are resized (:mod:`.reshapes`): those
     the strip check found (``trace.resized_views``), or with ``every_view`` every dimension of every view
-    call (for the strip check: valid on the traced inputs only)."""
+    call (for the strip check: valid on the traced inputs only); numbers alike, pinned to the dense model's."""
     T = trace.table
     dense_widths = probe_widths(model) if dense_widths is None else dense_widths
     modules = dict(model.named_modules())
@@ -83,7 +83,8 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
         if not isinstance(modules[name], WIDTH_LAYERS):  # those follow their tensors (refreshed above)
             resize_attributes(modules[name], sizes, unchanged)
     dims = None if every_view else trace.resized_views or {}
-    reshapes.install(model, reshapes.stripped_views(T, trace.views, leaf_masks, dims))
+    reshapes.install(model, reshapes.stripped_views(T, trace.views, leaf_masks, dims),
+                     reshapes.pinned_scalars(trace.scalars, dims))
     refresh_model_widths(model, dense_widths)
     return model
 
@@ -213,9 +214,11 @@ def shape_spec(model: nn.Module, reference: nn.Module | None = None) -> dict:
                    if dense_channels.get(path, channels) != channels}
         if changed:
             spec["feature_channels"] = changed
-    resized = reshapes.installed(model)
+    resized, pinned = reshapes.installed(model), reshapes.installed_scalars(model)
     if resized:
         spec["reshapes"] = resized
+    if pinned:
+        spec["scalars"] = pinned
     return spec
 
 
@@ -282,5 +285,5 @@ def resize_to_spec(model: nn.Module, spec: dict) -> nn.Module:
                            f"shape spec, the model has {len(entries)}")
         for entry, n in zip(entries, channels):
             entry["num_chs"] = n
-    reshapes.install(model, spec.get("reshapes", {}))
+    reshapes.install(model, spec.get("reshapes", {}), spec.get("scalars", {}))
     return model

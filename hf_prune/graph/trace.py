@@ -27,7 +27,7 @@ from ..text import did_you_mean
 from . import multihead
 from .canonical import OP_VARIANTS, canonicalize
 from .norms import NormRecord, NormTracker
-from .reshapes import ViewCall, ViewRecorder
+from .reshapes import ScalarCall, ViewCall, ViewRecorder
 from .spaces import Label, Site, SpaceTable
 
 aten = torch.ops.aten
@@ -94,9 +94,12 @@ class ModelTrace:
     """Normalization modules whose statistics run over a channel space (masked over kept channels)."""
     views: list[ViewCall] = field(default_factory=list)
     """Every ``view``/``reshape`` call, with its output's channel spaces (:mod:`.reshapes`)."""
+    scalars: list[ScalarCall] = field(default_factory=list)
+    """Every call of a tensor and a Python number (``q * scale``), with the number (:mod:`.reshapes`)."""
     resized_views: dict[str, dict[str, set[int]]] | None = None
-    """The view calls whose module's code computes a wrong size once stripped, with their channel dimensions
-    (found by the strip check; None where it did not run: then no view is resized)."""
+    """The view calls whose module's code computes a wrong size once stripped, with their channel dimensions,
+    and the number calls whose code computes another number (no dimensions) (found by the strip check; None
+    where it did not run: then nothing is resized or pinned)."""
 
 
 _IDENTITY = {
@@ -917,4 +920,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         standardized=tracer.standardized,
         norms=norms,
         views=views.calls,
+        scalars=views.scalars,
     )
