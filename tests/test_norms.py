@@ -66,7 +66,7 @@ def _assert_exact(model: nn.Module, ctrl, x: torch.Tensor) -> nn.Module:
 
 
 def _norm_widths(model: nn.Module) -> dict[str, int]:
-    return {n: m.weight.numel() for n, m in model.named_modules() if norm_kind(m)}
+    return {n: m.weight.numel() for n, m in model.named_modules() if norm_kind(m) and m.weight is not None}
 
 
 def test_linear_under_layernorm_strips_exactly():
@@ -247,3 +247,20 @@ def test_norm_hooks_are_installed_by_the_first_apply():
         expected = F.linear(F.layer_norm(model[0](x)[:, keep], (6,), norm.weight[keep], norm.bias[keep]),
                             model[2].weight[:, keep], model[2].bias)
         torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize("norm", ["RmsNormAct2d", "LayerNormAct2d"])
+def test_timm_norm_and_activation_modules_are_pruned_exactly(norm):
+    """timm's norm-and-activation modules apply their activation after the statistics: computed over the kept
+    channels, the activation follows (MobileNetV5's blocks: no prunable group at all before)."""
+    from timm import layers
+
+    torch.manual_seed(0)
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 16, 3), getattr(layers, norm)(16, act_layer=nn.GELU),
+                                          nn.Conv2d(16, 4, 1)).eval())
+    x = torch.randn(2, 3, 8, 8)
+    ctrl = hf_prune.create_pruning_controller(model, EMBEDDING, example_inputs=x[:1])
+    assert [g.producers for g in ctrl.groups.values()] == [["0"]]
+    ctrl.set_pruning_level(0.5)
+    small = _assert_exact(model, ctrl, x)
+    assert small[1].normalized_shape == (8,)

@@ -97,7 +97,17 @@ def norm_kind(module: nn.Module) -> str | None:
     name = type(module).__name__.lower()
     if name.endswith(("fp32", "exp2d")):  # timm's float32 twins compute the same; Exp2d's channels-first path too
         name = name.removesuffix("fp32").removesuffix("exp2d")
+    if activated(module):
+        name = name.removesuffix("2d").removesuffix("act")
     return next((kind for end, kind in _BY_NAME if name.endswith(end) or name.endswith(end + "2d")), None)
+
+
+def activated(module: nn.Module) -> bool:
+    """A timm norm-and-activation module (``RmsNormAct2d``, ``LayerNormAct``): its forward applies its ``drop``
+    and ``act`` to the normalization's output."""
+    name = type(module).__name__.lower()
+    return name.endswith(("act", "act2d")) and isinstance(getattr(module, "act", None), nn.Module) \
+        and isinstance(getattr(module, "drop", None), nn.Module)
 
 
 @dataclass
@@ -193,7 +203,8 @@ class NormMaskHook:
         x = args[0]
         compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         y = self.fn(module, x.to(compute), self._placed_mask(x.to(compute)), self.record.dim)
-        return y.to(output.dtype if isinstance(output, torch.Tensor) else x.dtype)
+        y = y.to(output.dtype if isinstance(output, torch.Tensor) else x.dtype)
+        return module.act(module.drop(y)) if activated(module) else y
 
 
 def norm_masks(table: SpaceTable, records: list[NormRecord], leaf_masks: dict[int, torch.Tensor],
