@@ -149,8 +149,9 @@ def test_a_weight_used_by_its_parents_code_is_masked_there():
 
 
 class _WidthScaledAttention(nn.Module):
-    """Heads merged back to the input's width, queries scaled by ``(C // heads) ** -0.5`` with ``C`` the
-    input's width (torchvision's Swin): the strip resizes the reshapes, but not a scale computed from a width."""
+    """Heads merged back to the input's width, attention scaled by ``(C // heads) ** -0.5`` with ``C`` the
+    input's width, passed as SDPA's ``scale``: the strip resizes the reshapes and keeps the numbers a tensor is
+    multiplied or divided by (torchvision's Swin), not an argument computed from a width."""
 
     def __init__(self, dim: int = 32, heads: int = 4) -> None:
         super().__init__()
@@ -162,7 +163,7 @@ class _WidthScaledAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = ((q * (c // self.num_heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+        y = F.scaled_dot_product_attention(q, k, v, scale=(c // self.num_heads) ** -0.5)
         return self.head(self.proj(y.transpose(1, 2).reshape(b, n, c)).mean(1))
 
 
