@@ -64,7 +64,8 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "siglip": dict(vision_config=_VIT, text_config=_TEXT),
     "siglip2": dict(vision_config={**_VIT, "num_patches": 16}, text_config=_TEXT),
     "shieldgemma2": dict(vision_config=_VIT, text_config=dict(_TEXT, num_key_value_heads=1, head_dim=16,
-                                                              vocab_size=1000), mm_tokens_per_image=16),
+                                                              vocab_size=1000), mm_tokens_per_image=16,
+                         yes_token_index=10, no_token_index=11),
     "swin": _SWIN, "swinv2": _SWIN, "donut-swin": _SWIN,
     "dinat": dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], image_size=64),
     "hiera": dict(image_size=[64, 64], embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]),
@@ -268,7 +269,13 @@ def build_transformers(class_name: str) -> Built:
         inputs = dict(processor(list(images), return_tensors="pt"))
         size = f"{config.image_size}×{config.image_size} ({inputs['pixel_values'].shape[1]} patches)"
         return Built(model, inputs, model_type, lambda m, x: m(**x).logits, size=size)
-    if "pixel_values" not in inspect.signature(model.forward).parameters:  # ImageGPT: colour-cluster ids
+    parameters = inspect.signature(model.forward).parameters
+    if "input_ids" in parameters and getattr(config, "mm_tokens_per_image", None):  # ShieldGemma 2: image + prompt
+        prompt = [config.image_token_index] * config.mm_tokens_per_image + [5, 6, 7]  # the image's tokens, text
+        x = torch.randn(2, *input_size(model))
+        return Built(model, {"input_ids": torch.tensor([prompt] * 2), "pixel_values": x}, model_type,
+                     lambda m, x: m(**x).logits, size=f"{x.shape[-1]}×{x.shape[-1]} + {len(prompt)} ids")
+    if "pixel_values" not in parameters:  # ImageGPT: colour-cluster ids
         ids = torch.randint(0, config.vocab_size - 1, (2, config.n_positions))
         return Built(model, {"input_ids": ids}, model_type, lambda m, x: m(**x).logits)
     size = input_size(model)
