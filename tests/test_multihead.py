@@ -15,6 +15,7 @@ from torchvision.models import VisionTransformer
 
 import hf_prune
 from hf_prune.graph.multihead import PrunedMultiheadAttention, PrunedTransformerEncoderLayer
+from hf_prune.graph.reshapes import SCALARS as PINNED
 
 from conftest import randomize_norms
 
@@ -206,3 +207,34 @@ def test_a_mask_per_head_keeps_the_heads():
     heads = [g for g in analysis.groups if g.attention == "attention"]
     assert heads and not heads[0].prunable
     assert any("one matrix per head" in r for r in heads[0].reasons)
+
+
+class _NumberAfterAttention(nn.Module):
+    """Scales the attention's output by a number computed from the embedding width: the stripped model keeps the
+    dense number there, and the calls inside the attention (another implementation once stripped) do not
+    count among its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.attention = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        y = self.attention(h, h, h)[0] * h.shape[-1] ** -0.5
+        return self.fc(y.mean(1))
+
+
+def test_a_module_around_the_attention_keeps_its_numbers():
+    torch.manual_seed(0)
+    model, x = _NumberAfterAttention().eval(), torch.randn(2, 6, 8)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"pruning_target": 0.5}}, example_inputs=x[:1])
+    assert any("embed" in g.producers for g in ctrl.groups.values())
+    ctrl.set_pruning_level({gid: 0.25 if g.attention else 0.5 for gid, g in ctrl.groups.items()})
+    with torch.no_grad():
+        masked = model(x)
+        stripped = ctrl.strip_model(model, do_copy=True)
+        torch.testing.assert_close(stripped(x), masked, rtol=1e-5, atol=1e-6)
+    assert type(stripped.attention) is PrunedMultiheadAttention
+    assert getattr(stripped, PINNED) == {"mul#1": 32 ** -0.5}

@@ -27,6 +27,7 @@ the stripped model (``shape_spec.scalars``).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -111,8 +112,10 @@ class ViewCall:
 
 
 FAST_PATHS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
-"""Modules that take a fused fast path only where no ``TorchFunctionMode`` is active: the recorder pauses
-while they run, so that the trace sees the path they take at inference."""
+"""Modules whose calls are neither recorded nor counted: they take a fused fast path only where no
+``TorchFunctionMode`` is active (the recorder pauses while they run, so that the trace sees the path they take
+at inference), and a stripped ``nn.MultiheadAttention`` runs other code (:mod:`.multihead`), so the hook of a
+module around one pauses while it runs too (its calls' keys stay the trace's)."""
 
 
 class ViewRecorder(TorchFunctionMode):
@@ -200,6 +203,11 @@ def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, in
             if getattr(module, ATTR, None) is None and getattr(module, SCALARS, None) is None:
                 module.register_forward_pre_hook(_enter)
                 module.register_forward_hook(_exit, always_call=True)
+                for inner in module.modules():
+                    if isinstance(inner, FAST_PATHS) and not inner.__dict__.get(_PAUSES):
+                        inner.register_forward_pre_hook(_pause)
+                        inner.register_forward_hook(_resume, always_call=True)
+                        inner.__dict__[_PAUSES] = True
             setattr(module, attr, current)
 
 
@@ -215,16 +223,41 @@ def installed_scalars(model: nn.Module) -> dict[str, dict[str, float]]:
             if getattr(m, SCALARS, None)}
 
 
+_ACTIVE = threading.local()
+"""``modes``: the :class:`_Resize` modes of the module forwards running in this thread."""
+_PAUSES = "_hf_prune_pauses"
+"""Set on a :data:`FAST_PATHS` module once it pauses the modes around it."""
+
+
+def _active() -> list[_Resize]:
+    if not hasattr(_ACTIVE, "modes"):
+        _ACTIVE.modes = []
+    return _ACTIVE.modes
+
+
 def _enter(module: nn.Module, args: Any) -> None:
     mode = _Resize(module)
     module.__dict__.setdefault("_hf_prune_modes", []).append(mode)
+    _active().append(mode)
     mode.__enter__()
 
 
 def _exit(module: nn.Module, args: Any, output: Any) -> None:
     modes = module.__dict__.get("_hf_prune_modes")
     if modes:
-        modes.pop().__exit__(None, None, None)
+        mode = modes.pop()
+        mode.__exit__(None, None, None)
+        _active().remove(mode)
+
+
+def _pause(module: nn.Module, args: Any) -> None:
+    for mode in _active():
+        mode.paused += 1
+
+
+def _resume(module: nn.Module, args: Any, output: Any) -> None:
+    for mode in _active():
+        mode.paused -= 1
 
 
 def _sizes(args: tuple, kwargs: dict) -> tuple[torch.Tensor, list] | None:
@@ -247,9 +280,12 @@ class _Resize(TorchFunctionMode):
         self.resizes: Resizes = getattr(module, ATTR, None) or {}
         self.scalars: dict[str, float] = getattr(module, SCALARS, None) or {}
         self.counts: dict[str, int] = {}
+        self.paused = 0  # > 0 while a FAST_PATHS module inside runs
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         if func in SCALAR_FUNCTIONS and not kwargs and (i := _scalar(args)) is not None:
             key = _scalar_key(func, self.counts)
             dense = self.scalars.get(key)
