@@ -264,3 +264,24 @@ def test_timm_norm_and_activation_modules_are_pruned_exactly(norm):
     ctrl.set_pruning_level(0.5)
     small = _assert_exact(model, ctrl, x)
     assert small[1].normalized_shape == (8,)
+
+
+def test_imagegpt_layernorm_is_an_rmsnorm():
+    """ImageGPT's ``ImageGPTLayerNorm`` subtracts no mean: computed over the kept channels as an RMSNorm, its
+    residual width is pruned exactly (taken for a LayerNorm, the strip check refused it)."""
+    from transformers import ImageGPTConfig, ImageGPTForImageClassification
+
+    torch.manual_seed(0)
+    model = randomize_norms(ImageGPTForImageClassification(ImageGPTConfig(
+        n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=17, num_labels=3)).eval())
+    assert norm_kind(model.transformer.ln_f) == "RMSNorm"
+    ids = torch.randint(0, 16, (2, 16))
+    ctrl = hf_prune.create_pruning_controller(model, {"params": {"channel_multiple": 1}}, example_inputs={"input_ids": ids[:1]})
+    residual = next(g for g in ctrl.analysis.groups if any(m.param == "transformer.wte.weight" for m in g.members))
+    assert residual.prunable, residual.reasons
+    ctrl.set_pruning_level(0.5)
+    with torch.no_grad():
+        masked = model(input_ids=ids).logits
+        small = ctrl.strip_model(model, do_copy=True)
+        torch.testing.assert_close(small(input_ids=ids).logits, masked, rtol=1e-4, atol=1e-5)
+    assert small.transformer.wte.weight.shape[1] < 32

@@ -75,8 +75,10 @@ def global_response_norm(module: nn.Module, x: torch.Tensor, mask: torch.Tensor,
 NORM_KINDS: dict[str, NormFn] = {"LayerNorm": layer_norm, "RMSNorm": rms_norm, "GRN": global_response_norm}
 """What each kind of channel normalization computes over the kept channels."""
 
-_BY_NAME = (("globalresponsenorm", "GRN"), ("grn", "GRN"), ("rmsnorm", "RMSNorm"), ("layernorm", "LayerNorm"))
-"""Class-name endings (lower case) of the normalization kinds, beyond the classes matched by type."""
+_BY_NAME = (("globalresponsenorm", "GRN"), ("grn", "GRN"), ("rmsnorm", "RMSNorm"),
+            ("imagegptlayernorm", "RMSNorm"), ("layernorm", "LayerNorm"))
+"""Class-name endings (lower case) of the normalization kinds, beyond the classes matched by type (ImageGPT's
+LayerNorm subtracts no mean: an RMSNorm)."""
 
 
 def norm_kind(module: nn.Module) -> str | None:
