@@ -181,11 +181,14 @@ def test_statistics_outside_norm_modules_are_refused_with_the_reason():
                for r in analysis.unprunable_layers["fc1"]), analysis.unprunable_layers
 
 
-@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm])
+@pytest.mark.parametrize("norm", [lambda n: nn.LayerNorm(n, elementwise_affine=False),
+                                  lambda n: nn.RMSNorm(n, elementwise_affine=False),
+                                  lambda n: timm.layers.RmsNorm(n, affine=False)],  # gemma4_vit's final norm
+                         ids=["LayerNorm", "RMSNorm", "timm RmsNorm"])
 def test_norms_without_weight_are_pruned_and_reload(norm):
     """Their width is kept in ``normalized_shape`` only: the strip sets it, the shape spec records it."""
     def build() -> nn.Module:
-        return nn.Sequential(nn.Linear(8, 32), norm(32, elementwise_affine=False), nn.GELU(), nn.Linear(32, 4)).eval()
+        return nn.Sequential(nn.Linear(8, 32), norm(32), nn.GELU(), nn.Linear(32, 4)).eval()
 
     torch.manual_seed(0)
     model, x = build(), torch.randn(3, 8)

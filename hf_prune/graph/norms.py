@@ -85,16 +85,17 @@ def norm_kind(module: nn.Module) -> str | None:
     """The kind (a key of :data:`NORM_KINDS`) of a channel-normalization module, else None.
 
     ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
-    and ``nn.RMSNorm`` by type, with a weight parameter or none; others by class name and with a weight
-    parameter (timm ``RmsNorm`` / ``RmsNorm2d`` / ``GlobalResponseNorm``, transformers' ``*LayerNorm`` /
-    ``*RMSNorm`` / ``*GRN``). A name that matches a class computing something else (Gemma's ``1 + weight``) is
-    caught by the strip proof and refused there.
+    and ``nn.RMSNorm`` by type, with a weight parameter or none; others by class name (timm ``RmsNorm`` /
+    ``RmsNorm2d`` / ``GlobalResponseNorm``, transformers' ``*LayerNorm`` / ``*RMSNorm`` / ``*GRN``), with a
+    weight parameter or, without one, a one-dimensional ``normalized_shape`` (timm's ``RmsNorm`` without
+    affine). A name that matches a class computing something else (Gemma's ``1 + weight``) is caught by the
+    strip proof and refused there.
     """
     if isinstance(module, nn.LayerNorm):
         return "LayerNorm"
     if isinstance(module, getattr(nn, "RMSNorm", ())):
         return "RMSNorm"
-    if module._parameters.get("weight") is None:
+    if module._parameters.get("weight") is None and weightless_width(module) is None:
         return None
     name = type(module).__name__.lower()
     if name.endswith(("fp32", "exp2d")):  # timm's float32 twins compute the same; Exp2d's channels-first path too
