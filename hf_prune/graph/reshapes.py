@@ -191,24 +191,28 @@ def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, in
             scalars: Mapping[str, Mapping[str, float]] | None = None) -> None:
     """Hook each module named in ``resizes`` (dimensions may be JSON strings) or ``scalars`` so its forward runs
     its reshapes at the stripped sizes and its numbers at the dense values; merges with an earlier strip's."""
-    for attr, entries in ((ATTR, resizes), (SCALARS, scalars or {})):
-        for path, calls in entries.items():
-            module = model.get_submodule(path)
-            current = getattr(module, attr, None) or {}
-            for key, value in calls.items():
-                if attr == ATTR:
-                    current.setdefault(key, {}).update({int(d): int(n) for d, n in value.items()})
-                else:
-                    current[key] = value
-            if getattr(module, ATTR, None) is None and getattr(module, SCALARS, None) is None:
-                module.register_forward_pre_hook(_enter)
-                module.register_forward_hook(_exit, always_call=True)
-                for inner in module.modules():
-                    if isinstance(inner, FAST_PATHS) and not inner.__dict__.get(_PAUSES):
-                        inner.register_forward_pre_hook(_pause)
-                        inner.register_forward_hook(_resume, always_call=True)
-                        inner.__dict__[_PAUSES] = True
-            setattr(module, attr, current)
+    for path, calls in resizes.items():
+        current = _hooked(model.get_submodule(path), ATTR)
+        for key, dims in calls.items():
+            current.setdefault(key, {}).update({int(d): int(n) for d, n in dims.items()})
+    for path, numbers in (scalars or {}).items():
+        _hooked(model.get_submodule(path), SCALARS).update(numbers)
+
+
+def _hooked(module: nn.Module, attr: str) -> dict:
+    """``module``'s dict ``attr`` (:data:`ATTR` or :data:`SCALARS`), the module given (once) the hooks that run its
+    forward under :class:`_Resize`, paused inside its :data:`FAST_PATHS` modules."""
+    if getattr(module, ATTR, None) is None and getattr(module, SCALARS, None) is None:
+        module.register_forward_pre_hook(_enter)
+        module.register_forward_hook(_exit, always_call=True)
+        for inner in module.modules():
+            if isinstance(inner, FAST_PATHS) and not inner.__dict__.get(_PAUSES):
+                inner.register_forward_pre_hook(_pause)
+                inner.register_forward_hook(_resume, always_call=True)
+                inner.__dict__[_PAUSES] = True
+    if getattr(module, attr, None) is None:
+        setattr(module, attr, {})
+    return getattr(module, attr)
 
 
 def installed(model: nn.Module) -> dict[str, dict[str, dict[str, int]]]:
