@@ -17,6 +17,7 @@ import hf_prune
 from hf_prune.graph.groups import PruningPolicy, build_groups
 from hf_prune.graph.trace import trace_model
 from conftest import randomize_norms
+from models import build, first
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -82,6 +83,49 @@ def test_controller_on_cuda(dtype):
     assert sum(p.numel() for p in stripped.parameters()) == round(ctrl.current_params)
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     assert (out.float() - masked.float()).abs().max() <= tol * masked.float().abs().max()
+
+
+def _attention_model(name: str) -> tuple[nn.Module, object, object]:
+    """(model, inputs of batch 2, logits function) for the attention constructs of ``test_attention_on_cuda``."""
+    if not name.startswith("torchvision"):
+        return build(name)
+    from torchvision.models import SwinTransformer, VisionTransformer
+
+    torch.manual_seed(0)
+    if name == "torchvision_vit":
+        model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                                  num_classes=10)
+    else:
+        model = SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[1, 1], num_heads=[2, 4], window_size=[4, 4],
+                                num_classes=10)
+    return model.eval(), torch.randn(2, 3, 32, 32), lambda m, x: m(x)
+
+
+def _to(inputs, device: torch.device):
+    return {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+
+
+@pytest.mark.parametrize("name", ["torchvision_vit", "torchvision_swin", "hf_siglip", "timm_beit"])
+def test_attention_on_cuda(name):
+    """Heads and widths where the model lives on CUDA: ``nn.MultiheadAttention`` (a fused kernel at inference
+    there), numbers pinned to their dense value (Swin), a weightless norm and an attention pool (SigLIP), resized
+    reshapes (BEiT): the groups found on CPU, and an exact strip on CUDA."""
+    model, inputs, logits = _attention_model(name)
+    randomize_norms(model)
+    params = {"pruning_target": 0.5, "prune_first_conv": True, "prune_downsample_convs": True}
+    cpu_ctrl = hf_prune.create_pruning_controller(copy.deepcopy(model), {"params": params},
+                                                  example_inputs=first(inputs))
+    model, inputs = model.to(CUDA), _to(inputs, CUDA)
+    ctrl = hf_prune.create_pruning_controller(model, {"params": params}, example_inputs=first(inputs))
+    assert _structure(ctrl.analysis.groups) == _structure(cpu_ctrl.analysis.groups)
+    assert any(g.attention for g in ctrl.groups.values())
+    ctrl.set_pruning_level(0.5)
+    with torch.no_grad():
+        masked = logits(model, inputs)
+        stripped = ctrl.strip_model(model, do_copy=True)
+        out = logits(stripped, inputs)
+    assert sum(p.numel() for p in stripped.parameters()) == round(ctrl.current_params)
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()
 
 
 def test_nncf_imagenet_recipe_prunes_resnet50_on_cuda():
