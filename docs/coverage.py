@@ -6,7 +6,7 @@ stale). ``--only KEY …`` measures and prints the named rows (families / classe
 the doc.
 
 Rows: one per timm family (``timm.list_modules()``; its ``test_*`` model if it has one, else its smallest
-model), one per torchvision classification family (module; its smallest model), and one per transformers
+classifier), one per torchvision classification family (module; its smallest model), and one per transformers
 ``*ForImageClassification`` class ``AutoModelForImageClassification`` builds, from a small config. Every row
 is measured in its own forked process, with a time limit, so that one model that fails to build, crashes or
 hangs costs only its row.
@@ -149,30 +149,35 @@ def _first_batch(inputs: Any) -> Any:
     return {k: v[:1] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[:1]
 
 
-def _meta_params(build: Callable[[], Any]) -> float:
-    """Parameters of the model ``build`` makes, created on the meta device (no memory); inf if it fails."""
+def _meta_size(build: Callable[[], Any], prefer: Callable[[Any], bool]) -> tuple[bool, float]:
+    """(whether ``prefer`` rejects it, its parameters) for the model ``build`` makes on the meta device (no memory);
+    (True, inf) if it fails."""
     from accelerate import init_empty_weights
 
     try:
         with init_empty_weights(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return sum(p.numel() for p in build().parameters())
+            model = build()
     except Exception:  # noqa: BLE001 - a model that cannot be built is never the smallest
-        return float("inf")
+        return True, float("inf")
+    return not prefer(model), sum(p.numel() for p in model.parameters())
 
 
-def smallest(names: Iterable[str], build: Callable[[str], Any]) -> str:
-    """The name whose model has the fewest parameters (the first such name in sorted order)."""
-    return min(sorted(names), key=lambda n: _meta_params(lambda: build(n)))
+def smallest(names: Iterable[str], build: Callable[[str], Any], prefer: Callable[[Any], bool] = lambda _: True) -> str:
+    """The name whose model has the fewest parameters among those ``prefer`` accepts, if any does (the first such
+    name in sorted order)."""
+    return min(sorted(names), key=lambda n: _meta_size(lambda: build(n), prefer))
 
 
 def timm_representative(family: str) -> str:
-    """The family's first ``test_*`` model, else its smallest model."""
+    """The family's first ``test_*`` model, else its smallest classifier (a feature encoder such as
+    ``gemma4_vit_167m_enc`` has no class head: its output width is its interface), else its smallest model."""
     import timm
 
     names = timm.list_models(module=family)
     tests = [n for n in names if n.startswith("test_")]
-    return sorted(tests)[0] if tests else smallest(names, lambda n: timm.create_model(n, num_classes=10))
+    return sorted(tests)[0] if tests else smallest(names, lambda n: timm.create_model(n, num_classes=10),
+                                                   prefer=lambda model: getattr(model, "num_classes", 0) == 10)
 
 
 def _works(model: Any, x: Any) -> bool:
@@ -563,7 +568,7 @@ def render(rows: dict[tuple[str, str], list[str]]) -> str:
         "",
         f"Measured with {versions()} (the default test stack; ONNX export through {_exporter()}).",
         "",
-        "One row per timm family (its `test_*` model, else its smallest), per torchvision classification family",
+        "One row per timm family (its `test_*` model, else its smallest classifier), per torchvision classification family",
         "(its smallest model) and per transformers `*ForImageClassification` class (a small config), random",
         "weights with random norm statistics, 10 classes; timm models at 64×64 and with 2 blocks where their",
         "constructor takes `img_size` and `depth`; `prune_first_conv` and `prune_downsample_convs` on (all the",
