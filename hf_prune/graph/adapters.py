@@ -58,7 +58,8 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
         if module.weight is not None:
             per_group = module.num_channels // module.num_groups
             module.num_channels = module.weight.shape[0]
-            module.num_groups = module.num_channels // per_group
+            if module.num_groups > 1:  # whole groups pruned; one group keeps normalizing every channel
+                module.num_groups = module.num_channels // per_group
     elif isinstance(getattr(module, "normalized_shape", None), tuple):  # LayerNorm, RMSNorm (torch's, timm's)
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == len(module.normalized_shape):

@@ -1,4 +1,4 @@
-"""Normalizations over channels (LayerNorm, RMSNorm, GRN), pruned exactly.
+"""Normalizations over channels (LayerNorm, RMSNorm, GRN, GroupNorm with one group), pruned exactly.
 
 A normalization whose statistics are taken over a channel dimension (a transformer's residual stream under
 LayerNorm, ConvNeXt-V2's MLP under GRN) mixes channels: a pruned channel that still carries values would
@@ -8,6 +8,9 @@ channels): the trace records the module and the dimension of its input that hold
 (:class:`NormRecord`), and while masks are active :class:`NormMaskHook` replaces the module's output by the
 same normalization computed over the kept channels only. The masked model then computes what the stripped
 model (whose norm simply has fewer channels) will; the strip proof (:mod:`.verify`) checks it.
+
+A GroupNorm with one group (PoolFormer's) takes its statistics over the channels and positions together; with
+more groups its whole groups are pruned (no statistics change), which the trace decides.
 
 A LayerNorm or RMSNorm without weight (``elementwise_affine=False``) is recognized by its type, its channels
 being the dimension it normalizes; the strip sets its ``normalized_shape`` (:func:`refresh_weightless`).
@@ -72,7 +75,20 @@ def global_response_norm(module: nn.Module, x: torch.Tensor, mask: torch.Tensor,
     return x + _shaped(module.bias, x, dim) + _shaped(module.weight, x, dim) * (x * n)
 
 
-NORM_KINDS: dict[str, NormFn] = {"LayerNorm": layer_norm, "RMSNorm": rms_norm, "GRN": global_response_norm}
+def one_group_norm(module: nn.Module, x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """GroupNorm with one group: statistics over the kept channels of ``dim`` and every position."""
+    dims = tuple(range(1, x.dim()))
+    count = mask.sum() * (x[0].numel() // x.shape[dim])
+    mean = (x * mask).sum(dims, keepdim=True) / count
+    centred = x - mean
+    y = centred * torch.rsqrt((centred * centred * mask).sum(dims, keepdim=True) / count + _eps(module, x, 1e-5))
+    y = y * _shaped(module.weight, y, dim)
+    b = _shaped(module.bias, y, dim)
+    return y + b if b is not None else y
+
+
+NORM_KINDS: dict[str, NormFn] = {"LayerNorm": layer_norm, "RMSNorm": rms_norm, "GRN": global_response_norm,
+                                 "GroupNorm": one_group_norm}
 """What each kind of channel normalization computes over the kept channels."""
 
 _BY_NAME = (("globalresponsenorm", "GRN"), ("grn", "GRN"), ("rmsnorm", "RMSNorm"),
@@ -84,8 +100,8 @@ LayerNorm subtracts no mean: an RMSNorm)."""
 def norm_kind(module: nn.Module) -> str | None:
     """The kind (a key of :data:`NORM_KINDS`) of a channel-normalization module, else None.
 
-    ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
-    and ``nn.RMSNorm`` by type, with a weight parameter or none; others by class name (timm ``RmsNorm`` /
+    ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``),
+    ``nn.RMSNorm`` and an affine ``nn.GroupNorm`` with one group (timm's ``GroupNorm1``) by type, with a weight parameter or none; others by class name (timm ``RmsNorm`` /
     ``RmsNorm2d`` / ``GlobalResponseNorm``, transformers' ``*LayerNorm`` / ``*RMSNorm`` / ``*GRN``), with a
     weight parameter or, without one, a one-dimensional ``normalized_shape`` (timm's ``RmsNorm`` without
     affine). A name that matches a class computing something else (Gemma's ``1 + weight``) is caught by the
@@ -95,6 +111,8 @@ def norm_kind(module: nn.Module) -> str | None:
         return "LayerNorm"
     if isinstance(module, getattr(nn, "RMSNorm", ())):
         return "RMSNorm"
+    if isinstance(module, nn.GroupNorm):
+        return "GroupNorm" if module.num_groups == 1 and module.affine else None
     if module._parameters.get("weight") is None and weightless_width(module) is None:
         return None
     name = type(module).__name__.lower()

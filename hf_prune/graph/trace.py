@@ -463,10 +463,9 @@ class _Tracer(TorchDispatchMode):
             self.table.unify(channel, self.info(p).labels[0])
         reason = f"normalized over by GroupNorm ({self.where(self.last_op)})"
         size = args[0].shape[1]
-        if groups == 1 or groups == size:
-            if groups == 1:
-                self.table.block_label(channel, reason)
-        else:
+        if groups == 1:
+            self.normalized(channel, reason)
+        elif groups != size:
             parts = self.table.split(channel, [groups, size // groups], Site("groups", self.module))
             if parts is None:
                 self.table.block_label(channel, reason)
