@@ -353,7 +353,19 @@ def _onnx_cell(stripped: Any, inputs: Any) -> str:
 
     In a row's process the export has :data:`ONNX_TIMEOUT` seconds (within the row's own limit): torch.export's
     symbolic shapes can take a very long time on models that pad to window multiples at every stage (DaViT).
+    Such a model is then exported at its fixed image size (``dynamic_image_size=False``), and the cell says so.
     """
+    more = isinstance(inputs, dict) and set(inputs) != {"pixel_values"}
+    cell = _export_cell(stripped, inputs if more else None, dynamic_image_size=True)
+    if cell is None:
+        fixed = _export_cell(stripped, None, dynamic_image_size=False)
+        over = f"a dynamic height and width took over {ONNX_TIMEOUT} s"
+        return f"yes (fixed image size: {over})" if fixed == "yes" else f"no ({over}; fixed size: {fixed})"
+    return cell
+
+
+def _export_cell(stripped: Any, inputs: Any, dynamic_image_size: bool) -> str | None:
+    """``yes``, ``no (why)``, or None if the export ran past :data:`ONNX_TIMEOUT`."""
     from hf_prune.integrations.onnx import export_onnx
 
     row_left = signal.alarm(0)  # seconds the row has left (0: no row limit, outside a row's process)
@@ -362,12 +374,11 @@ def _onnx_cell(stripped: Any, inputs: Any) -> str:
     signal.alarm(limit)
     with tempfile.TemporaryDirectory() as directory:
         try:
-            more = isinstance(inputs, dict) and set(inputs) != {"pixel_values"}
-            export_onnx(stripped, directory, example_inputs=inputs if more else None)
+            export_onnx(stripped, directory, example_inputs=inputs, dynamic_image_size=dynamic_image_size)
         except OverTime:
             if limit < ONNX_TIMEOUT:
                 raise  # the row's own limit
-            return f"no (export took over {ONNX_TIMEOUT} s)"
+            return None
         except Exception as exc:  # noqa: BLE001 - the matrix shows the failure
             return f"no ({reason(exc)})"
         finally:
@@ -578,8 +589,9 @@ def render(rows: dict[tuple[str, str], list[str]]) -> str:
         f"at {LEVEL:.0%} of filters is exact (stripped == masked within 1e-4 of the output scale, compared in",
         "float64, parameters as predicted); the fraction of parameters it keeps; whether the stripped model saves",
         "and reloads (`hf_prune.save_pretrained` / `from_pretrained`) with the same outputs; whether",
-        "`hf_prune.export_onnx` exports it and ONNX Runtime's logits match PyTorch's (n/a: torchvision models,",
-        "which hf_prune saves and exports only as part of the user's own code).",
+        "`hf_prune.export_onnx` exports it and ONNX Runtime's logits match PyTorch's, with a dynamic height and",
+        f"width where the model allows, else (over {ONNX_TIMEOUT} s) at its fixed image size (n/a: torchvision",
+        "models, which hf_prune saves and exports only as part of the user's own code).",
         "",
         _summary(rows),
     ]
@@ -605,10 +617,10 @@ def _summary(rows: dict[tuple[str, str], list[str]]) -> str:
 
 
 def _count(rows: list[list[str]], column: int) -> str:
-    """How many ``rows`` say yes in ``column``; n/a where every one says n/a."""
+    """How many ``rows`` say yes (with or without a note) in ``column``; n/a where every one says n/a."""
     if rows and all(r[column] == "n/a" for r in rows):
         return "n/a"
-    return str(sum(r[column] == "yes" for r in rows))
+    return str(sum(r[column].startswith("yes") for r in rows))
 
 
 def _kept(row: list[str]) -> float:

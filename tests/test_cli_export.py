@@ -28,6 +28,15 @@ def test_export_onnx(saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "ONNX Runtime outputs match PyTorch" in capsys.readouterr().out
 
 
+def test_export_at_a_fixed_image_size(saved: Path, tmp_path: Path) -> None:
+    """``--fixed-image-size``: the ONNX input has a dynamic batch and the model's own height and width."""
+    import onnxruntime as ort
+
+    assert main(["export", str(saved), "--onnx", str(tmp_path / "onnx"), "--fixed-image-size"]) == 0
+    shape = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).get_inputs()[0].shape
+    assert isinstance(shape[0], str) and shape[1:] == [3, 160, 160]  # test_resnet's input size
+
+
 def test_export_requires_an_output(saved: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["export", str(saved)])

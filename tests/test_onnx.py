@@ -84,6 +84,21 @@ def test_convnet_export_takes_other_image_sizes(tmp_path: Path) -> None:
         np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_fixed_image_size_export_keeps_a_dynamic_batch(tmp_path: Path) -> None:
+    """``dynamic_image_size=False`` (through torch.onnx on either stack): height and width are the model's own,
+    the batch stays dynamic."""
+    _, _, small = pruned("timm_resnet")
+    path = export_onnx(small, tmp_path, dynamic_image_size=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == list(random_images(small, 1).shape[1:])
+    assert isinstance(session.get_inputs()[0].shape[0], str)
+    x = random_images(small, 3)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_logits(path, x), logits(small, x).numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        onnx_logits(path, torch.randn(1, 3, 48, 40))
+
+
 def test_dinov2_with_pruned_heads_exports(tmp_path: Path) -> None:
     """Optimum's DINOv2 dummy inputs read an image processor from the config's directory: a model built
     from a config (no processor anywhere) failed with an IndexError."""

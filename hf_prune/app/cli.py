@@ -208,13 +208,16 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("directory", metavar="DIR", help="a directory saved by hf_prune, transformers or timm")
     parser.add_argument("--onnx", required=True, metavar="OUT", help="output directory (receives model.onnx)")
     parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: Optimum's for the model)")
+    parser.add_argument("--fixed-image-size", action="store_true",
+                        help="export for the model's own image size, only the batch dynamic (through torch.onnx: "
+                             "seconds where a dynamic height and width take minutes, e.g. DaViT)")
     parser.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from ..integrations.onnx import export_onnx
 
-    path = export_onnx(args.directory, args.onnx, opset=args.opset)
+    path = export_onnx(args.directory, args.onnx, opset=args.opset, dynamic_image_size=not args.fixed_image_size)
     print(f"wrote {path} (ONNX Runtime outputs match PyTorch)")
     return 0
 

@@ -1,7 +1,8 @@
 """ONNX export, checked against PyTorch with ONNX Runtime.
 
 Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` with a dynamic batch
-axis, and dynamic height and width where the model allows, the class logits as first output; a model that
+axis, and dynamic height and width where the model allows and the caller does not ask for a fixed size, the
+class logits as first output; a model that
 takes other inputs, SigLIP-2's patches with their mask and shapes or ImageGPT's ``input_ids``, is exported
 for the ``example_inputs`` it is given, each with a dynamic batch axis, through torch.onnx):
 
@@ -67,14 +68,17 @@ def _exportable(model: nn.Module) -> nn.Module:
 def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: str | os.PathLike[str], *,
                 controller: FilterPruningController | None = None, opset: int | None = None,
                 task: str = "image-classification", example_inputs: Mapping[str, torch.Tensor] | None = None,
-                rtol: float = 1e-4, atol: float = 1e-4) -> Path:
+                dynamic_image_size: bool = True, rtol: float = 1e-4, atol: float = 1e-4) -> Path:
     """Export a transformers or timm model (or a directory :func:`~hf_prune.from_pretrained` reads) to
     ``output_dir/model.onnx`` (Optimum's exporter where installed and it knows the architecture, else
     torch.onnx), then check ONNX Runtime against PyTorch.
 
     ``example_inputs``: the keyword inputs of a transformers model that takes more than ``pixel_values``
     images (its processor's output, e.g. ``{"pixel_values", "pixel_attention_mask", "spatial_shapes"}``); the
-    ONNX model takes them by these names, each with a dynamic batch axis. A model whose masks are still active
+    ONNX model takes them by these names, each with a dynamic batch axis. ``dynamic_image_size=False`` exports
+    for the model's own image size, through torch.onnx, with only the batch dynamic: torch.export then solves no
+    symbolic height and width, which takes minutes on models that pad to window multiples at every stage (DaViT,
+    SAM2's Hiera, NASNet; seconds with a fixed size). A model whose masks are still active
     is stripped first (a copy; ``controller`` required). Raises :class:`OnnxExportError` when the outputs differ
     beyond ``rtol``/``atol`` (see :func:`check_onnx`). Returns the path of the ONNX file.
     """
@@ -83,10 +87,10 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike[str], output_dir: st
     else:
         model = ensure_stripped(model_or_dir, controller, "export")
     output = Path(output_dir)
-    if example_inputs is None and exporter() == "optimum" and _optimum_exports(model, task):
-        _export_optimum(model, output, task, opset)
+    if example_inputs is None and dynamic_image_size and exporter() == "optimum" and _optimum_exports(model, task):
+        _export_optimum(model, output, task, opset)  # Optimum fixes every axis or none: not for a fixed size
     else:
-        _export_torch(model, output, opset, example_inputs)
+        _export_torch(model, output, opset, example_inputs, dynamic_image_size)
     path = output / ONNX_NAME
     check_onnx(model, path, example_inputs=example_inputs, rtol=rtol, atol=atol)
     return path
@@ -240,7 +244,7 @@ _REWRITES: dict[Callable[..., Any], Callable[..., torch.Tensor]] = {
 
 
 def _export_torch(model: nn.Module, output: Path, opset: int | None,
-                  example_inputs: Mapping[str, torch.Tensor] | None = None) -> None:
+                  example_inputs: Mapping[str, torch.Tensor] | None = None, dynamic_image_size: bool = True) -> None:
     if importlib.util.find_spec("onnxscript") is None:
         raise OnnxExportError("ONNX export needs onnxscript (torch.onnx's exporter) or Optimum: "
                               "pip install 'hf_prune[onnx]' or 'hf_prune[optimum]'")
@@ -250,7 +254,8 @@ def _export_torch(model: nn.Module, output: Path, opset: int | None,
         names, example = ["pixel_values"], (random_images(model, 2),)
         # dynamic batch, height and width where the model allows; a model whose shapes torch.export cannot
         # solve for a symbolic height and width (MobileViTV2's unfolding) is exported for its own size
-        choices = [{"pixel_values": {0: auto, 2: auto, 3: auto}}, {"pixel_values": {0: auto}}]
+        choices = [{"pixel_values": {0: auto, 2: auto, 3: auto}}] if dynamic_image_size else []
+        choices.append({"pixel_values": {0: auto}})
     else:
         names, example = list(example_inputs), tuple(_batch_of(example_inputs, 2).values())
         choices = [{name: {0: auto} for name in names}]
