@@ -92,6 +92,62 @@ def test_groupnorm_prunes_whole_groups():
         assert small.num_channels // small.num_groups == dense.num_channels // dense.num_groups  # whole groups
 
 
+# ---------------------------------------------------------------------------------------------------- splits
+def _split_model(name: str) -> nn.Module:
+    if name == "hf_focalnet":
+        from transformers import FocalNetConfig, FocalNetForImageClassification
+
+        return FocalNetForImageClassification(FocalNetConfig(
+            embed_dim=16, depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 128], image_size=64, num_labels=10))
+    if name == "timm_focalnet":
+        from timm.models.focalnet import FocalNet
+
+        return FocalNet(depths=(1, 1, 1, 1), embed_dim=16, num_classes=10)
+    return timm.create_model("skresnet18", num_classes=10)
+
+
+@pytest.mark.parametrize("name", ["hf_focalnet", "timm_focalnet", "timm_sknet"])
+def test_split_sizes_follow_the_strip(tmp_path, name):
+    """Splits sized by the code from a width: FocalNet's ``(C, C, levels)`` (``C`` the input's width in
+    transformers, ``self.input_split`` in timm), the selective kernel's ``in_channels // paths``. Their pieces
+    prune and the stripped module splits at the kept sizes (the strip check refused them: "split_with_sizes
+    expects split_sizes to sum exactly to ..."); transformers' FocalNet downsamples with patch embeddings that
+    check their input's width (``num_channels`` follows it); a reload splits alike."""
+    from hf_prune.graph.reshapes import ATTR
+    from hf_prune.integrations.serialization import from_pretrained, save_pretrained
+
+    def logits(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return m(pixel_values=x).logits if name.startswith("hf") else m(x)
+
+    torch.manual_seed(0)
+    model, x = randomize_norms(_split_model(name).eval()), torch.randn(2, 3, 64, 64)
+    inputs = {"pixel_values": x[:1]} if name.startswith("hf") else x[:1]
+    params = {"pruning_target": 0.5, "prune_first_conv": True, "prune_downsample_convs": True}
+    ctrl = hf_prune.create_pruning_controller(model, {"params": params}, example_inputs=inputs)
+    assert not [r for rs in ctrl.analysis.unprunable_layers.values() for r in rs if "split" in r and "fails" in r]
+    ctrl.set_pruning_level(0.5)
+    with torch.no_grad():
+        masked = logits(model, x)
+        stripped = ctrl.strip_model(model, do_copy=True)
+        out = logits(stripped, x)
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max(), "stripped != masked"
+    assert _n_params(stripped) == round(ctrl.current_params) < 0.75 * _n_params(model)
+    if name.startswith("timm"):  # sizes from attributes the strip leaves: the splits are resized
+        assert any(any(k.startswith("split") for k in getattr(m, ATTR, None) or {}) for m in stripped.modules())
+    if name.endswith("focalnet"):  # (q, context) pieces pruned
+        split = "focalnet.encoder.stages.0.layers.0.modulation.projection_in" if name == "hf_focalnet" \
+            else "layers.0.blocks.0.modulation.f"
+        assert stripped.get_submodule(split).weight.shape[0] < model.get_submodule(split).weight.shape[0]
+    if name == "hf_focalnet":
+        downsample = stripped.focalnet.encoder.stages[0].downsample
+        assert downsample.num_channels == downsample.projection.in_channels < 16
+    if name == "timm_focalnet":
+        return  # built from its class (timm's entry points fix its depths): not a model hf_prune saves
+    save_pretrained(stripped, tmp_path / "model")
+    with torch.no_grad():
+        torch.testing.assert_close(logits(from_pretrained(tmp_path / "model").eval(), x), out)
+
+
 # ---------------------------------------------------------------------------------------------------- (c)
 def test_res2net_equal_chunks_shrink_together():
     """Res2Net splits its bottleneck into ``scale`` chunks of ``width`` channels (``torch.split(x, self.width)``),

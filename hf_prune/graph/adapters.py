@@ -66,6 +66,28 @@ def refresh_attributes(module: nn.Module, groups: int | None = None) -> None:
             module.normalized_shape = tuple(weight.shape)
 
 
+INPUT_WIDTHS = ("num_channels",)
+"""Integer attributes that a module's code compares with its input's width: transformers' patch embeddings
+check ``num_channels`` ("Make sure that the channel dimension of the pixel values match ..."), and FocalNet's
+downsampling layers are patch embeddings of the residual stream. The strip sets them to the input's kept width."""
+
+
+def input_width_attributes(module: nn.Module) -> list[str]:
+    """The :data:`INPUT_WIDTHS` attributes ``module`` has (none for a layer that follows its weights)."""
+    if isinstance(module, WIDTH_LAYERS):
+        return []
+    return [name for name in INPUT_WIDTHS if type(getattr(module, name, None)) is int]
+
+
+def follow_input_width(module: nn.Module, widths: Mapping[int, int]) -> None:
+    """Set ``module``'s :data:`INPUT_WIDTHS` attributes holding a dense input width (a key of ``widths``) to the
+    kept width."""
+    for name in input_width_attributes(module):
+        new = widths.get(getattr(module, name))
+        if new is not None:
+            setattr(module, name, new)
+
+
 def int_attributes(module: nn.Module) -> dict[str, int]:
     """The plain integer attributes of a module (its own, not its children's)."""
     return {k: v for k, v in vars(module).items() if not k.startswith("_") and type(v) is int}

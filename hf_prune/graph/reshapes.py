@@ -39,6 +39,9 @@ from .spaces import Label, SpaceTable
 
 VIEW_FUNCTIONS = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape})
 """The Python-level calls whose sizes are recorded and, in a stripped module, resized."""
+SPLIT_FUNCTIONS = frozenset({torch.split, torch.Tensor.split, torch.Tensor.split_with_sizes})
+"""The Python-level splits whose pieces' sizes are recorded and, in a stripped module, resized (FocalNet splits
+``(C, C, levels)`` with ``C`` its input's width; timm's selective kernel ``in_channels // paths``)."""
 
 SCALAR_FUNCTIONS = {
     **dict.fromkeys((torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__imul__, torch.Tensor.mul,
@@ -73,6 +76,30 @@ def _call_key(args: tuple, kwargs: dict, counts: dict[str, int]) -> str | None:
     return f"{signature}#{counts[signature]}"
 
 
+def _split_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, int]:
+    """(tensor, split size or sizes, dimension) of a split call."""
+    x = args[0]
+    sizes = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size",
+                                                                                          kwargs.get("split_sizes")))
+    dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    return x, sizes, dim % x.dim()
+
+
+def _split_key(x: torch.Tensor, counts: dict[str, int]) -> str:
+    """The key of a split among one module's calls (counted in ``counts``): the input's dimensions and the
+    occurrence (not the number of pieces, which a wrong size changes)."""
+    signature = f"split{x.dim()}"
+    counts[signature] = counts.get(signature, 0) + 1
+    return f"{signature}#{counts[signature]}"
+
+
+def _pieces(sizes: Any, n: int) -> list[int]:
+    """The sizes of the pieces a split by ``sizes`` (an int or a list) makes of a dimension of ``n``."""
+    if isinstance(sizes, int):
+        return [min(sizes, n - start) for start in range(0, n, sizes)] if sizes > 0 else [n]
+    return [int(s) for s in sizes]
+
+
 def _scalar(args: tuple) -> int | None:
     """The position of the Python number in a call of a tensor and a number, or None."""
     if len(args) != 2:
@@ -103,7 +130,8 @@ class ScalarCall:
 class ViewCall:
     """One traced ``view``/``reshape``: the innermost module running it, its key (:func:`_call_key`, counted
     over the calls made while that module ran, its children's included), and its output's shape and channel
-    spaces."""
+    spaces; or one split (:func:`_split_key`), its pieces' sizes and channel spaces along the split dimension
+    (resized by piece index as a view by dimension)."""
 
     module: str
     key: str
@@ -146,6 +174,11 @@ class ViewRecorder(TorchFunctionMode):
             keys = [_call_key(args, kwargs, counts) for _, counts, _ in self.frames]
             if keys[-1] is not None and isinstance(out, torch.Tensor):
                 self.calls.append(ViewCall(self.frames[-1][0], keys[-1], tuple(out.shape), tuple(self.labels_of(out))))
+        elif func in SPLIT_FUNCTIONS and self.frames and isinstance(out, (tuple, list)):
+            x, _, dim = _split_args(args, kwargs)
+            keys = [_split_key(x, counts) for _, counts, _ in self.frames]
+            self.calls.append(ViewCall(self.frames[-1][0], keys[-1], tuple(o.shape[dim] for o in out),
+                                       tuple(self.labels_of(o)[dim] for o in out)))
         elif func in SCALAR_FUNCTIONS and self.frames and not kwargs and (i := _scalar(args)) is not None:
             keys = [_scalar_key(func, counts) for _, counts, _ in self.frames]
             self.scalars.append(ScalarCall(self.frames[-1][0], keys[-1], args[i]))
@@ -297,6 +330,21 @@ class _Resize(TorchFunctionMode):
                 self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set())
                 args = (dense, args[1]) if i == 0 else (args[0], dense)
             return func(*args)
+        if func in SPLIT_FUNCTIONS:
+            x, sizes, dim = _split_args(args, kwargs)
+            key = _split_key(x, self.counts)
+            pieces = self.resizes.get(key)
+            if pieces:
+                asked = _pieces(sizes, x.shape[dim])
+                if max(pieces) < len(asked):
+                    new = [pieces.get(i, n) for i, n in enumerate(asked)]
+                else:  # the code's size cut fewer pieces than the trace's (every piece is resized then)
+                    new = [pieces[i] for i in sorted(pieces)]
+                wrong = {i for i in pieces if i >= len(asked) or asked[i] != new[i]} if new != asked else set()
+                if wrong:
+                    self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set()).update(wrong)
+                return func(x, new, dim)
+            return func(*args, **kwargs)
         if func in VIEW_FUNCTIONS:
             key = _call_key(args, kwargs, self.counts)
             dims = self.resizes.get(key) if key is not None else None

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .adapters import (
-    WIDTH_LAYERS, Widths, feature_channels, feature_info_list, int_attributes, probe_widths, refresh_attributes,
-    refresh_model_widths, resize_attributes,
+    WIDTH_LAYERS, Widths, feature_channels, feature_info_list, follow_input_width, int_attributes, probe_widths,
+    refresh_attributes, refresh_model_widths, resize_attributes,
 )
 from . import multihead, reshapes
 from .norms import refresh_weightless, weightless_width
@@ -78,6 +78,9 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     multihead.follow_head_counts(modules, heads)
     for record in trace.norms:
         refresh_weightless(modules[record.module], int(T.label_mask(record.label, leaf_masks).sum()))
+    for name, labels in trace.input_widths.items():
+        follow_input_width(modules[name], {T.label_mask(lab, {}).numel(): int(T.label_mask(lab, leaf_masks).sum())
+                                           for lab in reversed(labels) if lab})
     clear_tensor_caches(model)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():
         if not isinstance(modules[name], WIDTH_LAYERS):  # those follow their tensors (refreshed above)

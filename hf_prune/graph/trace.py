@@ -25,6 +25,7 @@ from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 from ..errors import AnalysisError
 from ..text import did_you_mean
 from . import multihead
+from .adapters import input_width_attributes
 from .canonical import OP_VARIANTS, canonicalize
 from .norms import NormRecord, NormTracker
 from .reshapes import ScalarCall, ViewCall, ViewRecorder
@@ -96,6 +97,9 @@ class ModelTrace:
     """Every ``view``/``reshape`` call, with its output's channel spaces (:mod:`.reshapes`)."""
     scalars: list[ScalarCall] = field(default_factory=list)
     """Every call of a tensor and a Python number (``q * scale``), with the number (:mod:`.reshapes`)."""
+    input_widths: dict[str, list[Label]] = field(default_factory=dict)
+    """The first input's spaces of each module with a width attribute its code checks the input against
+    (:func:`.adapters.input_width_attributes`)."""
     resized_views: dict[str, dict[str, set[int]]] | None = None
     """The view calls whose module's code computes a wrong size once stripped, with their channel dimensions,
     and the number calls whose code computes another number (no dimensions) (found by the strip check; None
@@ -654,7 +658,10 @@ class _Tracer(TorchDispatchMode):
         labels.insert(dim, self.table.new_label(out.shape[dim], f"stacked by {self.where(self.last_op)}"))
         self.set(out, labels, op=self.last_op)
 
-    def _segments(self, t: torch.Tensor, dim: int, sizes: list[int]) -> list[Label] | None:
+    def _segments(self, t: torch.Tensor, dim: int, sizes: list[int], fixed: bool = True) -> list[Label] | None:
+        """The pieces of ``t``'s dimension ``dim`` cut into ``sizes``, a sum of spaces; ``fixed``: at offsets the
+        strip cannot change (a slice's), so each piece is blocked (a split's sizes are resized by the strip,
+        :mod:`.reshapes`)."""
         lab = self.info(t).labels[dim]
         if len(sizes) == 1:
             return [lab]
@@ -665,8 +672,7 @@ class _Tracer(TorchDispatchMode):
         children = self.table.decompose(sid, "sum", sizes, site)
         if children is None:
             return None
-        # The sizes of a slice or split are fixed by the model's code: its pieces can't shrink.
-        for c in children:
+        for c in children if fixed else ():
             self.table.block(c, f"sliced at fixed offsets by {self.where(self.last_op)}")
         return [(c,) if self.table.size(c) > 1 else () for c in children]
 
@@ -714,7 +720,7 @@ class _Tracer(TorchDispatchMode):
         dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % t.dim()
         sizes = [o.shape[dim] for o in out]
         chunk = self._equal_chunks(x.labels[dim], sizes) if len(sizes) > 1 and len(set(sizes)) == 1 else None
-        segs = [chunk] * len(sizes) if chunk is not None else self._segments(t, dim, sizes)
+        segs = [chunk] * len(sizes) if chunk is not None else self._segments(t, dim, sizes, fixed=False)
         if segs is None:
             reason = f"split irregularly by {self.where(self.last_op)}"
             self.table.block_label(x.labels[dim], reason)
@@ -837,6 +843,8 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
     tracer = _Tracer(model)
     views = ViewRecorder(lambda t: tracer.info(t).labels)
     names = {m: (n or "") for n, m in model.named_modules()}
+    checks_input = {n for m, n in names.items() if input_width_attributes(m)}
+    input_widths: dict[str, list[Label]] = {}
     handles = []
 
     def pre(mod, args):
@@ -845,6 +853,8 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         views.enter(name, mod)
         if name in tracer.norms.kinds and args and isinstance(args[0], torch.Tensor):
             tracer.norms.enter(name, tracer.info(args[0]).labels)
+        if name in checks_input and name not in input_widths and args and isinstance(args[0], torch.Tensor):
+            input_widths[name] = tracer.info(args[0]).labels
 
     def post(mod, args, output):
         if len(tracer.stack) > 1:
@@ -920,4 +930,5 @@ def trace_model(model: nn.Module, example_inputs: Any) -> ModelTrace:
         norms=norms,
         views=views.calls,
         scalars=views.scalars,
+        input_widths=input_widths,
     )
