@@ -85,8 +85,16 @@ def test_controller_on_cuda(dtype):
     assert (out.float() - masked.float()).abs().max() <= tol * masked.float().abs().max()
 
 
-def _attention_model(name: str) -> tuple[nn.Module, object, object]:
-    """(model, inputs of batch 2, logits function) for the attention constructs of ``test_attention_on_cuda``."""
+def _transformer_model(name: str) -> tuple[nn.Module, object, object]:
+    """(model, inputs of batch 2, logits function) for ``test_transformer_constructs_on_cuda``."""
+    if name in ("hf_focalnet", "hf_poolformer"):
+        from transformers import (FocalNetConfig, FocalNetForImageClassification, PoolFormerConfig,
+                                  PoolFormerForImageClassification)
+
+        sizes = dict(depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 128], num_labels=10)
+        model = FocalNetForImageClassification(FocalNetConfig(embed_dim=16, image_size=64, **sizes)) \
+            if name == "hf_focalnet" else PoolFormerForImageClassification(PoolFormerConfig(**sizes))
+        return model.eval(), {"pixel_values": torch.randn(2, 3, 64, 64)}, lambda m, x: m(**x).logits
     if not name.startswith("torchvision"):
         return build(name)
     from torchvision.models import SwinTransformer, VisionTransformer
@@ -105,12 +113,14 @@ def _to(inputs, device: torch.device):
     return {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
 
 
-@pytest.mark.parametrize("name", ["torchvision_vit", "torchvision_swin", "hf_siglip", "timm_beit"])
-def test_attention_on_cuda(name):
+@pytest.mark.parametrize("name", ["torchvision_vit", "torchvision_swin", "hf_siglip", "timm_beit", "hf_focalnet",
+                                  "hf_poolformer"])
+def test_transformer_constructs_on_cuda(name):
     """Heads and widths where the model lives on CUDA: ``nn.MultiheadAttention`` (a fused kernel at inference
     there), numbers pinned to their dense value (Swin), a weightless norm and an attention pool (SigLIP), resized
-    reshapes (BEiT): the groups found on CPU, and an exact strip on CUDA."""
-    model, inputs, logits = _attention_model(name)
+    reshapes (BEiT) and splits (FocalNet), a one-group GroupNorm (PoolFormer): the groups found on CPU, and an
+    exact strip on CUDA."""
+    model, inputs, logits = _transformer_model(name)
     randomize_norms(model)
     params = {"pruning_target": 0.5, "prune_first_conv": True, "prune_downsample_convs": True}
     cpu_ctrl = hf_prune.create_pruning_controller(copy.deepcopy(model), {"params": params},
@@ -118,7 +128,7 @@ def test_attention_on_cuda(name):
     model, inputs = model.to(CUDA), _to(inputs, CUDA)
     ctrl = hf_prune.create_pruning_controller(model, {"params": params}, example_inputs=first(inputs))
     assert _structure(ctrl.analysis.groups) == _structure(cpu_ctrl.analysis.groups)
-    assert any(g.attention for g in ctrl.groups.values())
+    assert ctrl.groups and (name in ("hf_focalnet", "hf_poolformer") or any(g.attention for g in ctrl.groups.values()))
     ctrl.set_pruning_level(0.5)
     with torch.no_grad():
         masked = logits(model, inputs)

@@ -5,10 +5,10 @@ from the *input's* width, or split them with ``reshape(B, N, 3, self.num_heads, 
 heads are removed these sizes are wrong, whatever integer attributes the strip updates, and the stripped
 module cannot run. The trace knows what each such reshape must produce: the kept channels of every dimension.
 
-So the trace records every ``view``/``reshape`` call (:class:`ViewCall`: which module ran it, its key
-among the calls made while that module ran, its output's channel spaces), and the strip gives a module
-whose reshapes need it a forward pre-hook that runs its forward under :class:`_Resize`, a
-``TorchFunctionMode`` that sets the channel dimensions of those calls to their stripped sizes. The other
+So the trace records every ``view``/``reshape`` call and every split (:class:`ViewCall`: which module ran it,
+its key among the calls made while that module ran, its output's channel spaces, or its pieces'), and the strip
+gives a module whose reshapes or splits need it a forward pre-hook that runs its forward under :class:`_Resize`,
+a ``TorchFunctionMode`` that sets the channel dimensions of those calls to their stripped sizes. The other
 dimensions (batch, tokens) are the model's own, so the module still runs at any batch size and resolution,
 and under ``torch.compile``.
 
