@@ -148,6 +148,22 @@ def test_split_sizes_follow_the_strip(tmp_path, name):
         torch.testing.assert_close(logits(from_pretrained(tmp_path / "model").eval(), x), out)
 
 
+def test_a_pointwise_convolution_over_channels_keeps_them_apart():
+    """CoaT aggregates its three scales with ``Conv1d(3, 1, kernel_size=1)`` over (batch, scales, channels): the
+    channels are the convolution's spatial axis, but a 1×1 kernel computes each position alone, so they prune
+    (were blocked, "convolved over as a spatial axis"), and its FLOPs follow them."""
+    model = timm.create_model("coat_tiny", num_classes=10, img_size=64, serial_depths=[1, 1, 1, 1], parallel_depth=1,
+                              embed_dims=[32, 32, 32, 32]).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ctrl, _, stripped = _pruned(model, x, level=0.5, channel_multiple=1, prune_first_conv=True,
+                                prune_downsample_convs=True)  # the patch embeddings set the widths
+    assert not [r for rs in ctrl.analysis.unprunable_layers.values() for r in rs if "spatial axis" in r]
+    head = next(g for g in ctrl.groups.values() if any(m.param == "head.weight" and m.role == "in" for m in g.members))
+    assert head.prunable and stripped.head.in_features < model.head.in_features
+    recount = hf_prune.analyze_model(stripped, x[:1], verify=False).dense_flops
+    assert recount == pytest.approx(ctrl.current_flops, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------- (c)
 def test_res2net_equal_chunks_shrink_together():
     """Res2Net splits its bottleneck into ``scale`` chunks of ``width`` channels (``torch.split(x, self.width)``),

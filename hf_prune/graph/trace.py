@@ -534,9 +534,13 @@ class _Tracer(TorchDispatchMode):
             self._use(w, w.labels[w_out], "out")
             self._use(w, w.labels[w_in], "in")
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
-        for lab in x.labels[2:]:  # channels here are mixed with their neighbours (ECA attention)
-            self.table.block_label(lab, f"convolved over as a spatial axis by {where}")
-        spatial = [self.table.new_label(n, f"spatial dimension of {where}") for n in out.shape[2:]]
+        spatial = []
+        for d, lab in enumerate(x.labels[2:]):
+            if _pointwise_axis(w_t.shape[2 + d], stride[d], args[4][d], transposed):
+                spatial.append(lab)  # each position on its own (CoaT aggregates its scales by a 1×1 conv over channels)
+                continue
+            self.table.block_label(lab, f"convolved over as a spatial axis by {where}")  # mixed with neighbours (ECA)
+            spatial.append(self.table.new_label(out.shape[2 + d], f"spatial dimension of {where}"))
         self.set(out, [x.labels[0], out_label] + spatial, op=self.last_op)
 
     def _mm(self, func, args, kwargs, out):
@@ -762,12 +766,17 @@ class _Tracer(TorchDispatchMode):
         flops = int(flop_registry[packet](*args, **kwargs, out_val=out))
         if packet is aten.convolution:
             w = self.info(args[1])
-            labels = [w.labels[0], w.labels[1]]
+            labels = [w.labels[0], w.labels[1]] + list(self.info(out).labels[2:])
         else:
             a_t, b_t = (args[1], args[2]) if packet in (aten.addmm, aten.baddbmm) else (args[0], args[1])
             a, b = self.info(a_t), self.info(b_t)
             labels = list(a.labels) + [b.labels[-1]]
         self.flop_ops.append(FlopOp(self.last_op, self.module, flops, labels))
+
+
+def _pointwise_axis(kernel: int, stride: int, padding: int, transposed: bool) -> bool:
+    """Whether a convolution computes each position of a spatial axis from that position alone."""
+    return kernel == 1 and stride == 1 and padding == 0 and not transposed
 
 
 ChannelRule = Callable[[_Tracer, torch._ops.OpOverload, tuple, dict, Any], None]
