@@ -14,7 +14,7 @@ op the table lacks (an op without a rule keeps every channel it touches, with th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -536,7 +536,7 @@ class _Tracer(TorchDispatchMode):
         self.convs.append(ConvRecord(self.module, w.param, stride, groups, in_label, out_label, groups_label))
         spatial = []
         for d, lab in enumerate(x.labels[2:]):
-            if _pointwise_axis(w_t.shape[2 + d], stride[d], args[4][d], transposed):
+            if _pointwise_axis(w_t.shape[2 + d], stride[d % len(stride)], args[4], d, transposed):
                 spatial.append(lab)  # each position on its own (CoaT aggregates its scales by a 1×1 conv over channels)
                 continue
             self.table.block_label(lab, f"convolved over as a spatial axis by {where}")  # mixed with neighbours (ECA)
@@ -774,9 +774,11 @@ class _Tracer(TorchDispatchMode):
         self.flop_ops.append(FlopOp(self.last_op, self.module, flops, labels))
 
 
-def _pointwise_axis(kernel: int, stride: int, padding: int, transposed: bool) -> bool:
-    """Whether a convolution computes each position of a spatial axis from that position alone."""
-    return kernel == 1 and stride == 1 and padding == 0 and not transposed
+def _pointwise_axis(kernel: int, stride: int, padding: str | Sequence[int], dim: int, transposed: bool) -> bool:
+    """Whether a convolution computes each position of its spatial axis ``dim`` from that position alone
+    (``padding``: per axis, one for all, or ``"same"``/``"valid"``, which pad nothing around a 1-wide kernel)."""
+    pad = 0 if isinstance(padding, str) else padding[dim % len(padding)] if len(padding) else 0
+    return kernel == 1 and stride == 1 and pad == 0 and not transposed
 
 
 ChannelRule = Callable[[_Tracer, torch._ops.OpOverload, tuple, dict, Any], None]
