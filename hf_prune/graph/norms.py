@@ -100,8 +100,9 @@ LayerNorm subtracts no mean: an RMSNorm)."""
 def norm_kind(module: nn.Module) -> str | None:
     """The kind (a key of :data:`NORM_KINDS`) of a channel-normalization module, else None.
 
-    ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``),
-    ``nn.RMSNorm`` and an affine ``nn.GroupNorm`` with one group (timm's ``GroupNorm1``) by type, with a weight parameter or none; others by class name (timm ``RmsNorm`` /
+    ``nn.LayerNorm`` (and subclasses: timm's ``LayerNorm`` / ``LayerNorm2d``, transformers' ``ConvNextLayerNorm``)
+    and ``nn.RMSNorm`` by type, with a weight parameter or none, and an affine ``nn.GroupNorm`` with one group
+    (timm's ``GroupNorm1``); others by class name (timm ``RmsNorm`` /
     ``RmsNorm2d`` / ``GlobalResponseNorm``, transformers' ``*LayerNorm`` / ``*RMSNorm`` / ``*GRN``), with a
     weight parameter or, without one, a one-dimensional ``normalized_shape`` (timm's ``RmsNorm`` without
     affine). A name that matches a class computing something else (Gemma's ``1 + weight``) is caught by the

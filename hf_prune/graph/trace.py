@@ -94,7 +94,8 @@ class ModelTrace:
     norms: list[NormRecord] = field(default_factory=list)
     """Normalization modules whose statistics run over a channel space (masked over kept channels)."""
     views: list[ViewCall] = field(default_factory=list)
-    """Every ``view``/``reshape`` call, with its output's channel spaces (:mod:`.reshapes`)."""
+    """Every ``view``/``reshape`` call, with its output's channel spaces, and every split, with its pieces'
+    (:mod:`.reshapes`)."""
     scalars: list[ScalarCall] = field(default_factory=list)
     """Every call of a tensor and a Python number (``q * scale``), with the number (:mod:`.reshapes`)."""
     input_widths: dict[str, list[Label]] = field(default_factory=dict)
@@ -537,7 +538,7 @@ class _Tracer(TorchDispatchMode):
         spatial = []
         for d, lab in enumerate(x.labels[2:]):
             if _pointwise_axis(w_t.shape[2 + d], stride[d % len(stride)], args[4], d, transposed):
-                spatial.append(lab)  # each position on its own (CoaT aggregates its scales by a 1×1 conv over channels)
+                spatial.append(lab)  # each position alone (CoaT aggregates its scales by a 1×1 conv over channels)
                 continue
             self.table.block_label(lab, f"convolved over as a spatial axis by {where}")  # mixed with neighbours (ECA)
             spatial.append(self.table.new_label(out.shape[2 + d], f"spatial dimension of {where}"))
