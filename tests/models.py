@@ -11,9 +11,10 @@ from transformers import (
     BeitConfig, BeitForImageClassification, CLIPConfig, CLIPForImageClassification, ConvNextConfig,
     ConvNextForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification, DeiTConfig,
     DeiTForImageClassification, Dinov2Config, Dinov2ForImageClassification, EfficientNetConfig,
-    EfficientNetForImageClassification, IJepaConfig, IJepaForImageClassification, LevitConfig,
+    EfficientNetForImageClassification, FocalNetConfig, FocalNetForImageClassification, IJepaConfig,
+    IJepaForImageClassification, LevitConfig,
     LevitForImageClassification, MobileNetV2Config, MobileNetV2ForImageClassification, MobileViTConfig, MobileViTForImageClassification, PvtConfig,
-    PvtForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification,
+    PoolFormerConfig, PoolFormerForImageClassification, PvtForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification,
     SiglipConfig, SiglipForImageClassification, SwinConfig, SwinForImageClassification, Swinv2Config,
     Swinv2ForImageClassification, ViTConfig, ViTForImageClassification, ViTMSNConfig, ViTMSNForImageClassification,
 )
@@ -64,6 +65,12 @@ HF_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "hf_siglip": lambda: SiglipForImageClassification(SiglipConfig(
         vision_config=_VIT_SIZES, text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                    intermediate_size=64), num_labels=10)),
+    # splits sized from the input's width; patch embeddings downsampling the residual stream
+    "hf_focalnet": lambda: FocalNetForImageClassification(FocalNetConfig(
+        embed_dim=16, depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 128], image_size=64, num_labels=10)),
+    # GroupNorm with one group over the residual stream
+    "hf_poolformer": lambda: PoolFormerForImageClassification(PoolFormerConfig(
+        depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], image_size=64, num_labels=10)),
 }
 TIMM_SMALL: dict[str, Callable[[], torch.nn.Module]] = {
     "timm_beit": lambda: timm.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2,

@@ -87,14 +87,6 @@ def test_controller_on_cuda(dtype):
 
 def _transformer_model(name: str) -> tuple[nn.Module, object, object]:
     """(model, inputs of batch 2, logits function) for ``test_transformer_constructs_on_cuda``."""
-    if name in ("hf_focalnet", "hf_poolformer"):
-        from transformers import (FocalNetConfig, FocalNetForImageClassification, PoolFormerConfig,
-                                  PoolFormerForImageClassification)
-
-        sizes = dict(depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 128], num_labels=10)
-        model = FocalNetForImageClassification(FocalNetConfig(embed_dim=16, image_size=64, **sizes)) \
-            if name == "hf_focalnet" else PoolFormerForImageClassification(PoolFormerConfig(**sizes))
-        return model.eval(), {"pixel_values": torch.randn(2, 3, 64, 64)}, lambda m, x: m(**x).logits
     if not name.startswith("torchvision"):
         return build(name)
     from torchvision.models import SwinTransformer, VisionTransformer

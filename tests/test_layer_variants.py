@@ -11,7 +11,7 @@ from torch import nn
 
 import hf_prune
 from conftest import randomize_norms
-from models import TIMM_SMALL
+from models import HF_MODELS, TIMM_SMALL
 
 
 def _n_params(model: nn.Module) -> int:
@@ -95,10 +95,7 @@ def test_groupnorm_prunes_whole_groups():
 # ---------------------------------------------------------------------------------------------------- splits
 def _split_model(name: str) -> nn.Module:
     if name == "hf_focalnet":
-        from transformers import FocalNetConfig, FocalNetForImageClassification
-
-        return FocalNetForImageClassification(FocalNetConfig(
-            embed_dim=16, depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 128], image_size=64, num_labels=10))
+        return HF_MODELS["hf_focalnet"]()
     if name == "timm_focalnet":
         from timm.models.focalnet import FocalNet
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
-    AutoModelForImageClassification, ConvNextV2Config, ConvNextV2ForImageClassification, PoolFormerConfig,
-    PoolFormerForImageClassification, ViTConfig, ViTForImageClassification,
+    AutoModelForImageClassification, ConvNextV2Config, ConvNextV2ForImageClassification, ViTConfig,
+    ViTForImageClassification,
 )
 
 import hf_prune
@@ -40,8 +40,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {  # builder, image siz
     "hf_convnextv2": (lambda: ConvNextV2ForImageClassification(ConvNextV2Config(
         hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10)), 64),
     "timm_poolformer": (lambda: _timm_poolformer(), 64),  # GroupNorm with one group
-    "hf_poolformer": (lambda: PoolFormerForImageClassification(PoolFormerConfig(
-        depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], num_labels=10)), 64),
+    "hf_poolformer": (HF_MODELS["hf_poolformer"], 64),
 }
 VIT_FAMILY = {"test_vit", "test_vit_rmsnorm", "vit_tiny", "hf_vit", "hf_clip"}
 

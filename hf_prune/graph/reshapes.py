@@ -57,6 +57,8 @@ ATTR = "_hf_prune_reshapes"
 """Module attribute holding its resized calls: call key (:func:`_call_key`) → {dimension: stripped size}."""
 SCALARS = "_hf_prune_scalars"
 """Module attribute holding its pinned numbers: call key (:func:`_scalar_key`) → the dense model's number."""
+WRONG = "_hf_prune_wrong"
+"""Module attribute, set while the strip check runs: call key → the dimensions its code sized otherwise."""
 
 Resizes = dict[str, dict[int, int]]
 
@@ -79,8 +81,8 @@ def _call_key(args: tuple, kwargs: dict, counts: dict[str, int]) -> str | None:
 def _split_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, int]:
     """(tensor, split size or sizes, dimension) of a split call."""
     x = args[0]
-    sizes = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size",
-                                                                                          kwargs.get("split_sizes")))
+    names = ("split_size_or_sections", "split_size", "split_sizes")  # torch.split's, Tensor.split's, ..._with_sizes'
+    sizes = args[1] if len(args) > 1 else next(kwargs[n] for n in names if n in kwargs)
     dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
     return x, sizes, dim % x.dim()
 
@@ -217,7 +219,7 @@ def resized_dims(stripped: nn.Module) -> ChannelDims:
     """The dimensions of view calls whose module's code asked for another size than the stripped one, and the
     number calls (no dimensions) whose code computed another number than the dense model's, in ``stripped``
     (every view resized and every number pinned, run on the traced inputs)."""
-    return {path: m._hf_prune_wrong for path, m in stripped.named_modules() if getattr(m, "_hf_prune_wrong", None)}
+    return {path: getattr(m, WRONG) for path, m in stripped.named_modules() if getattr(m, WRONG, None)}
 
 
 def install(model: nn.Module, resizes: Mapping[str, Mapping[str, Mapping[Any, int]]],
@@ -327,7 +329,7 @@ class _Resize(TorchFunctionMode):
             key = _scalar_key(func, self.counts)
             dense = self.scalars.get(key)
             if dense is not None and not math.isclose(args[i], dense, rel_tol=1e-9):  # the code's own number
-                self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set())
+                self._wrong(key, set())
                 args = (dense, args[1]) if i == 0 else (args[0], dense)
             return func(*args)
         if func in SPLIT_FUNCTIONS:
@@ -340,9 +342,9 @@ class _Resize(TorchFunctionMode):
                     new = [pieces.get(i, n) for i, n in enumerate(asked)]
                 else:  # the code's size cut fewer pieces than the trace's (every piece is resized then)
                     new = [pieces[i] for i in sorted(pieces)]
-                wrong = {i for i in pieces if i >= len(asked) or asked[i] != new[i]} if new != asked else set()
+                wrong = {i for i in pieces if i >= len(asked) or asked[i] != new[i]}
                 if wrong:
-                    self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set()).update(wrong)
+                    self._wrong(key, wrong)
                 return func(x, new, dim)
             return func(*args, **kwargs)
         if func in VIEW_FUNCTIONS:
@@ -353,6 +355,11 @@ class _Resize(TorchFunctionMode):
                 new = [dims.get(d, n) for d, n in enumerate(sizes)]
                 wrong = {d for d, n in enumerate(sizes) if n != -1 and n != new[d]}  # the code's own size
                 if wrong:
-                    self.module.__dict__.setdefault("_hf_prune_wrong", {}).setdefault(key, set()).update(wrong)
+                    self._wrong(key, wrong)
                 return func(x, new)
         return func(*args, **kwargs)
+
+    def _wrong(self, key: str, dims: set[int]) -> None:
+        """Record that the module's code asked for other sizes of ``dims`` in call ``key`` (a number call: no
+        dimensions) than the stripped model's (:func:`resized_dims` reads it)."""
+        self.module.__dict__.setdefault(WRONG, {}).setdefault(key, set()).update(dims)

@@ -78,8 +78,8 @@ def strip(model: nn.Module, trace: ModelTrace, leaf_masks: dict[int, torch.Tenso
     multihead.follow_head_counts(modules, heads)
     for record in trace.norms:
         refresh_weightless(modules[record.module], int(T.label_mask(record.label, leaf_masks).sum()))
-    for name, labels in trace.input_widths.items():
-        follow_input_width(modules[name], {T.label_mask(lab, {}).numel(): int(T.label_mask(lab, leaf_masks).sum())
+    for name, labels in trace.input_widths.items():  # (reversed: where two dimensions are as wide, the first's)
+        follow_input_width(modules[name], {T.label_size(lab): int(T.label_mask(lab, leaf_masks).sum())
                                            for lab in reversed(labels) if lab})
     clear_tensor_caches(model)
     for name, (sizes, unchanged) in _split_sizes(T, leaf_masks).items():

@@ -2,9 +2,9 @@
 
 Two exporters, one contract (``output_dir/model.onnx``, input ``pixel_values`` with a dynamic batch
 axis, and dynamic height and width where the model allows and the caller does not ask for a fixed size, the
-class logits as first output; a model that
-takes other inputs, SigLIP-2's patches with their mask and shapes or ImageGPT's ``input_ids``, is exported
-for the ``example_inputs`` it is given, each with a dynamic batch axis, through torch.onnx):
+class logits as first output; a model that takes other inputs, SigLIP-2's patches with their mask and shapes
+or ImageGPT's ``input_ids``, is exported for the ``example_inputs`` it is given, each with a dynamic batch
+axis, through torch.onnx):
 
 - Optimum's (``pip install hf_prune[optimum]``, transformers 4.57), used where it is installed and knows the
   model's architecture (transformers model types it has no ONNX config for, and timm models whose output is
